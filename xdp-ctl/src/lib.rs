@@ -1,0 +1,8 @@
+//! xdp-ctl as a library: loading, pinning, attaching and map access for the xdp-fastpath
+//! datapath. The `xdp-ctl` binary is a thin CLI over it; integration tests use it directly.
+
+/// The eBPF object built from `xdp-ebpf` by `build.rs`, embedded in the binary.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp-ebpf"));
+
+/// Name of the XDP program in `EBPF_OBJECT`.
+pub const XDP_PROGRAM: &str = "xdp_fastpath";

@@ -1,0 +1,27 @@
+//! The maps. Names are the ABI (see `common::map_names`). They are declared unpinned: `xdp-ctl`
+//! decides where they are pinned (one directory per layout version), and tests can load the
+//! object without touching bpffs.
+use aya_ebpf::{
+    macros::map,
+    maps::{lpm_trie::LpmTrie, DevMapHash, HashMap, PerCpuArray},
+};
+use common::{
+    Attachment, Counter, Endpoint, Ipv4Key, Ipv6Key, MAX_ENDPOINTS, MAX_PORTS, REASON_COUNT,
+};
+
+#[map]
+pub static ENDPOINTS_V4: LpmTrie<Ipv4Key, Endpoint> = LpmTrie::with_max_entries(MAX_ENDPOINTS, 0);
+
+#[map]
+pub static ENDPOINTS_V6: LpmTrie<Ipv6Key, Endpoint> = LpmTrie::with_max_entries(MAX_ENDPOINTS, 0);
+
+/// Redirect targets: only interfaces whose pod side is prepared to receive redirected frames.
+#[map]
+pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_PORTS, 0);
+
+#[map]
+pub static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
+
+/// Not read by the datapath: the record of what `xdp-ctl` attached (see `common::Attachment`).
+#[map]
+pub static ATTACHMENTS: HashMap<u32, Attachment> = HashMap::with_max_entries(MAX_PORTS, 0);
