@@ -6,3 +6,10 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 
 /// Name of the XDP program in `EBPF_OBJECT`.
 pub const XDP_PROGRAM: &str = "xdp_fastpath";
+
+pub mod ethtool;
+pub mod maps;
+pub mod netns;
+pub mod nl;
+pub mod ops;
+pub mod pin;

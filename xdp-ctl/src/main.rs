@@ -1,1 +1,275 @@
-fn main() {}
+//! `xdp-ctl`: attach the xdp-fastpath datapath to pod veths and manage it.
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use xdp_ctl::{
+    maps::Prefix,
+    netns,
+    nl::parse_mac,
+    ops::{self, Mode},
+    pin::{PinDir, DEFAULT_PIN_DIR},
+};
+
+/// Pod-to-pod fast path for service-mesh traffic on one node: an XDP program on each pod's
+/// host-side veth redirects meshed pod-to-pod packets straight to the target pod's veth,
+/// skipping the host's netfilter rules. Everything else goes to the kernel as before.
+#[derive(Parser)]
+#[command(name = "xdp-ctl", version, propagate_version = true)]
+struct Cli {
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Where maps and links are pinned (must be on bpffs).
+    #[arg(long, global = true, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+    /// Act on the interfaces of the named network namespace (/run/netns/NAME). xdp-ctl stays in
+    /// the host mount namespace, so pins land on the host's bpffs: use this instead of
+    /// `ip netns exec`, whose private /sys would make the pins (and the datapath) vanish.
+    #[arg(long, global = true, value_name = "NAME")]
+    netns: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Load the datapath, attach it to IFACEs (pod host-side veths), pin it, and exit; it keeps
+    /// running. All-or-nothing: on any failure nothing new stays attached.
+    Attach {
+        /// XDP mode.
+        #[arg(long, value_enum, default_value_t = Mode::Native)]
+        mode: Mode,
+        #[arg(required = true, value_name = "IFACE")]
+        ifaces: Vec<String>,
+    },
+    /// Detach from IFACEs (or all), restore the pods' interface settings, and remove the pins
+    /// when nothing stays attached.
+    Detach {
+        #[arg(value_name = "IFACE", required_unless_present = "all", conflicts_with = "all")]
+        ifaces: Vec<String>,
+        /// Detach from every interface.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Manage the local pod endpoints the datapath forwards to.
+    #[command(subcommand)]
+    Endpoint(EndpointCmd),
+    /// Show attached interfaces.
+    Status,
+    /// Show packet and byte counters per reason.
+    Stats,
+}
+
+#[derive(Subcommand)]
+enum EndpointCmd {
+    /// Add or replace an endpoint: pod address (or prefix) behind a host veth.
+    Add(EndpointAdd),
+    /// Remove an endpoint.
+    Del {
+        /// Pod address or prefix, e.g. 10.244.0.5 or fd00::5/128.
+        #[arg(value_name = "IP[/PREFIX]")]
+        prefix: Prefix,
+    },
+    /// List endpoints.
+    List,
+}
+
+#[derive(Args)]
+struct EndpointAdd {
+    /// Pod address or prefix, e.g. 10.244.0.5 or fd00::5/128.
+    #[arg(value_name = "IP[/PREFIX]")]
+    prefix: Prefix,
+    /// The pod's host-side veth (must be attached).
+    #[arg(long, value_name = "IFACE")]
+    iface: String,
+    /// The pod's MAC; default: the node's neighbour entry for the address on IFACE.
+    #[arg(long, value_name = "MAC", value_parser = mac_arg)]
+    mac: Option<[u8; 6]>,
+    /// The pod is not in the mesh: its traffic keeps going through netfilter.
+    #[arg(long)]
+    not_meshed: bool,
+}
+
+fn mac_arg(s: &str) -> Result<[u8; 6], String> {
+    parse_mac(s).ok_or_else(|| format!("invalid MAC address {s:?} (expected aa:bb:cc:dd:ee:ff)"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the context chain, outermost first.
+            eprintln!("xdp-ctl: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Fails early, with what to do, when we lack the capabilities every command needs.
+fn check_privileges() -> Result<()> {
+    const CAP_NET_ADMIN: u32 = 12;
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_BPF: u32 = 39;
+    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |c: u32| eff & (1u64 << c) != 0;
+    if !(has(CAP_NET_ADMIN) && (has(CAP_BPF) || has(CAP_SYS_ADMIN))) {
+        bail!("missing privileges: run as root, or with CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN");
+    }
+    Ok(())
+}
+
+fn run(cli: &Cli) -> Result<()> {
+    check_privileges()?;
+    if let Some(name) = &cli.netns {
+        // Only this thread's network namespace changes; we are still single-threaded here.
+        let ns = netns::open_named(name)?;
+        netns::setns(&ns).with_context(|| format!("entering network namespace {name}"))?;
+    }
+    let pins = PinDir::new(&cli.pin_dir);
+    match &cli.cmd {
+        Cmd::Attach { mode, ifaces } => {
+            let reports = ops::attach(&pins, ifaces, *mode)?;
+            if cli.json {
+                print_json(&json!({ "attached": reports }));
+            } else {
+                for r in &reports {
+                    match r.result {
+                        "already-attached" => {
+                            println!("{}: already attached, nothing to do", r.iface);
+                        }
+                        _ => println!(
+                            "{}: attached ({} mode, link pinned at {})",
+                            r.iface,
+                            r.mode.name(),
+                            r.pin_path.display()
+                        ),
+                    }
+                }
+            }
+        }
+        Cmd::Detach { ifaces, all } => {
+            let which = if *all { None } else { Some(ifaces.as_slice()) };
+            let reports = ops::detach(&pins, which)?;
+            if cli.json {
+                print_json(&json!({ "detached": reports }));
+            } else if reports.is_empty() {
+                println!("nothing attached under {}: nothing to detach", pins.root().display());
+            } else {
+                for r in &reports {
+                    println!(
+                        "{}: detached ({} endpoints removed{})",
+                        r.iface,
+                        r.endpoints_removed,
+                        if r.pod_settings_restored { ", pod settings restored" } else { "" }
+                    );
+                }
+            }
+        }
+        Cmd::Endpoint(EndpointCmd::Add(a)) => {
+            let v = ops::endpoint_add(&pins, a.prefix, &a.iface, a.mac, !a.not_meshed)?;
+            if cli.json {
+                print_json(&json!({ "endpoint": v }));
+            } else {
+                println!(
+                    "{} -> {} (pod mac {}, {})",
+                    v.prefix,
+                    v.iface,
+                    v.pod_mac,
+                    if v.meshed { "meshed" } else { "not meshed" }
+                );
+            }
+        }
+        Cmd::Endpoint(EndpointCmd::Del { prefix }) => {
+            ops::endpoint_del(&pins, *prefix)?;
+            if cli.json {
+                print_json(&json!({ "deleted": prefix.to_string() }));
+            } else {
+                println!("{prefix} removed");
+            }
+        }
+        Cmd::Endpoint(EndpointCmd::List) => {
+            let list = ops::endpoint_list(&pins)?;
+            if cli.json {
+                print_json(&json!({ "endpoints": list }));
+            } else {
+                println!("{:<24} {:<16} {:<18} {:<18} MESHED", "PREFIX", "IFACE", "POD MAC", "HOST MAC");
+                for e in &list {
+                    println!(
+                        "{:<24} {:<16} {:<18} {:<18} {}",
+                        e.prefix, e.iface, e.pod_mac, e.host_mac, if e.meshed { "yes" } else { "no" }
+                    );
+                }
+            }
+        }
+        Cmd::Status => {
+            let st = ops::status(&pins)?;
+            if cli.json {
+                print_json(&st);
+            } else {
+                println!("pin dir: {}", st.pin_dir.display());
+                println!("endpoints: {} IPv4, {} IPv6", st.endpoints_v4, st.endpoints_v6);
+                if st.interfaces.is_empty() {
+                    println!("no interfaces attached");
+                } else {
+                    println!(
+                        "{:<16} {:>7} {:<8} {:<6} {:>7} {:>7} {:<9} PIN",
+                        "IFACE", "IFINDEX", "DATAPATH", "MODE", "PROG", "LINK", "KIND"
+                    );
+                    for i in &st.interfaces {
+                        let opt = |v: Option<u32>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+                        println!(
+                            "{:<16} {:>7} {:<8} {:<6} {:>7} {:>7} {:<9} {}{}",
+                            i.name,
+                            i.ifindex,
+                            i.datapath,
+                            i.mode,
+                            opt(i.program_id),
+                            opt(i.link_id),
+                            i.link_kind,
+                            i.pin_path.display(),
+                            if i.live { "" } else { "  (STALE: interface gone or replaced)" }
+                        );
+                    }
+                }
+            }
+        }
+        Cmd::Stats => {
+            let counters = ops::stats(&pins)?;
+            if cli.json {
+                let reasons: serde_json::Map<String, serde_json::Value> = counters
+                    .iter()
+                    .map(|(r, c)| (r.name().to_string(), json!({ "packets": c.packets, "bytes": c.bytes })))
+                    .collect();
+                print_json(&json!({ "reasons": reasons }));
+            } else {
+                println!("{:<18} {:>14} {:>16}", "REASON", "PACKETS", "BYTES");
+                for (r, c) in &counters {
+                    println!("{:<18} {:>14} {:>16}", r.name(), c.packets, c.bytes);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_json(v: &impl serde::Serialize) {
+    match serde_json::to_string_pretty(v) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("xdp-ctl: error: encoding JSON: {e}"),
+    }
+}

@@ -1,0 +1,236 @@
+//! Typed access to the datapath's maps, from a freshly loaded object or from the pins.
+use std::net::IpAddr;
+
+use anyhow::{anyhow, Context as _, Result};
+use aya::{
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        xdp::DevMapHash,
+        HashMap, Map, MapData, PerCpuArray,
+    },
+    Ebpf,
+};
+use common::{map_names, Attachment, Counter, Endpoint, Ipv4Key, Ipv6Key, Reason};
+
+use crate::pin::PinDir;
+
+pub const ALL_MAPS: [&str; 5] = [
+    map_names::ENDPOINTS_V4,
+    map_names::ENDPOINTS_V6,
+    map_names::TX_PORTS,
+    map_names::COUNTERS,
+    map_names::ATTACHMENTS,
+];
+
+pub struct Maps {
+    pub v4: LpmTrie<MapData, Ipv4Key, Endpoint>,
+    pub v6: LpmTrie<MapData, Ipv6Key, Endpoint>,
+    pub tx_ports: DevMapHash<MapData>,
+    pub counters: PerCpuArray<MapData, Counter>,
+    pub attachments: HashMap<MapData, u32, Attachment>,
+}
+
+/// An endpoint key: an address prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Prefix {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl std::fmt::Display for Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl std::str::FromStr for Prefix {
+    type Err = String;
+
+    /// `IP` (a host: /32 or /128) or `IP/LEN`; host bits must be zero.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (ip, len) = match s.split_once('/') {
+            Some((ip, len)) => (ip, Some(len)),
+            None => (s, None),
+        };
+        let addr: IpAddr = ip
+            .parse()
+            .map_err(|_| format!("invalid IP address {ip:?} in {s:?}"))?;
+        let max: u8 = if addr.is_ipv4() { 32 } else { 128 };
+        let len = match len {
+            None => max,
+            Some(l) => l
+                .parse::<u8>()
+                .ok()
+                .filter(|l| *l <= max)
+                .ok_or_else(|| format!("invalid prefix length {l:?} in {s:?} (0..={max})"))?,
+        };
+        let p = Prefix { addr, len };
+        let net = p.network();
+        if net != addr {
+            return Err(format!("{s} has host bits set; did you mean {net}/{len}?"));
+        }
+        Ok(p)
+    }
+}
+
+impl Prefix {
+    /// The address with the host bits cleared.
+    pub fn network(&self) -> IpAddr {
+        match self.addr {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+                IpAddr::V4((u32::from(a) & mask).into())
+            }
+            IpAddr::V6(a) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.len)).unwrap_or(0);
+                IpAddr::V6((u128::from(a) & mask).into())
+            }
+        }
+    }
+
+    pub fn is_host(&self) -> bool {
+        self.len == if self.addr.is_ipv4() { 32 } else { 128 }
+    }
+}
+
+fn take<T: TryFrom<Map, Error = aya::maps::MapError>>(ebpf: &mut Ebpf, name: &str) -> Result<T> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))?;
+    T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+fn open<T: TryFrom<Map, Error = aya::maps::MapError>>(pins: &PinDir, name: &str) -> Result<T> {
+    let path = pins.map_path(name);
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("opening pinned map {}", path.display()))?;
+    let map = Map::from_map_data(data).with_context(|| format!("map {name}"))?;
+    T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+impl Maps {
+    pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self> {
+        Ok(Self {
+            v4: take(ebpf, map_names::ENDPOINTS_V4)?,
+            v6: take(ebpf, map_names::ENDPOINTS_V6)?,
+            tx_ports: take(ebpf, map_names::TX_PORTS)?,
+            counters: take(ebpf, map_names::COUNTERS)?,
+            attachments: take(ebpf, map_names::ATTACHMENTS)?,
+        })
+    }
+
+    /// Opens the pinned maps; a clear error if there are none.
+    pub fn open_pinned(pins: &PinDir) -> Result<Self> {
+        if !pins.has_maps() {
+            return Err(anyhow!(
+                "nothing is attached under {} (no pinned maps); run `xdp-ctl attach IFACE` first",
+                pins.root().display()
+            ));
+        }
+        Ok(Self {
+            v4: open(pins, map_names::ENDPOINTS_V4)?,
+            v6: open(pins, map_names::ENDPOINTS_V6)?,
+            tx_ports: open(pins, map_names::TX_PORTS)?,
+            counters: open(pins, map_names::COUNTERS)?,
+            attachments: open(pins, map_names::ATTACHMENTS)?,
+        })
+    }
+
+    pub fn insert_endpoint(&mut self, p: Prefix, ep: &Endpoint) -> Result<()> {
+        match p.addr {
+            IpAddr::V4(a) => self.v4.insert(&Key::new(u32::from(p.len), a.octets()), ep, 0),
+            IpAddr::V6(a) => self.v6.insert(&Key::new(u32::from(p.len), a.octets()), ep, 0),
+        }
+        .with_context(|| format!("writing endpoint {p} (is the map full?)"))
+    }
+
+    /// Removes an endpoint; `Ok(false)` if it was not there.
+    pub fn remove_endpoint(&mut self, p: Prefix) -> Result<bool> {
+        let r = match p.addr {
+            IpAddr::V4(a) => self.v4.remove(&Key::new(u32::from(p.len), a.octets())),
+            IpAddr::V6(a) => self.v6.remove(&Key::new(u32::from(p.len), a.octets())),
+        };
+        match r {
+            Ok(()) => Ok(true),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e).with_context(|| format!("removing endpoint {p}")),
+        }
+    }
+
+    pub fn endpoints(&self) -> Result<Vec<(Prefix, Endpoint)>> {
+        let mut out = Vec::new();
+        for kv in self.v4.iter() {
+            let (k, v) = kv.context("reading ENDPOINTS_V4")?;
+            #[expect(clippy::cast_possible_truncation, reason = "prefix length <= 32")]
+            out.push((Prefix { addr: IpAddr::V4(k.data().into()), len: k.prefix_len() as u8 }, v));
+        }
+        for kv in self.v6.iter() {
+            let (k, v) = kv.context("reading ENDPOINTS_V6")?;
+            #[expect(clippy::cast_possible_truncation, reason = "prefix length <= 128")]
+            out.push((Prefix { addr: IpAddr::V6(k.data().into()), len: k.prefix_len() as u8 }, v));
+        }
+        out.sort_by_key(|(p, _)| *p);
+        Ok(out)
+    }
+
+    /// Per-reason totals over all CPUs.
+    pub fn counters(&self) -> Result<Vec<(Reason, Counter)>> {
+        Reason::ALL
+            .iter()
+            .map(|r| {
+                let per_cpu = self
+                    .counters
+                    .get(&u32::from(*r as u8), 0)
+                    .with_context(|| format!("reading counter {}", r.name()))?;
+                let mut total = Counter::default();
+                for c in per_cpu.iter() {
+                    total.packets += c.packets;
+                    total.bytes += c.bytes;
+                }
+                Ok((*r, total))
+            })
+            .collect()
+    }
+
+    pub fn attachments(&self) -> Result<Vec<Attachment>> {
+        let mut v: Vec<Attachment> = self
+            .attachments
+            .iter()
+            .map(|kv| kv.map(|(_, a)| a).context("reading ATTACHMENTS"))
+            .collect::<Result<_>>()?;
+        v.sort_by_key(|a| a.ifindex);
+        Ok(v)
+    }
+
+    pub fn attachment(&self, ifindex: u32) -> Option<Attachment> {
+        self.attachments.get(&ifindex, 0).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_parsing() {
+        let p: Prefix = "10.244.0.1".parse().unwrap();
+        assert_eq!(p.to_string(), "10.244.0.1/32");
+        assert!(p.is_host());
+        let p: Prefix = "fd00::1".parse().unwrap();
+        assert_eq!(p.to_string(), "fd00::1/128");
+        let p: Prefix = "10.244.0.0/16".parse().unwrap();
+        assert_eq!(p.len, 16);
+        assert!(!p.is_host());
+        assert_eq!("0.0.0.0/0".parse::<Prefix>().unwrap().len, 0);
+        for bad in ["10.244.0.300", "10.244.0.1/33", "fd00::1/129", "10.244.0.1/24", "x", "", "10.0.0.0/-1"] {
+            assert!(bad.parse::<Prefix>().is_err(), "{bad}");
+        }
+        let e = "10.244.0.1/24".parse::<Prefix>().unwrap_err();
+        assert!(e.contains("10.244.0.0/24"), "{e}");
+    }
+}

@@ -1,0 +1,100 @@
+//! Network namespaces: entering a named one, running a closure in another, and finding the
+//! namespace that holds a veth's peer.
+//!
+//! `setns(CLONE_NEWNET)` changes only the calling thread, and a socket belongs to the namespace
+//! current when it was created. We never change the mount namespace, so bpffs pins always land
+//! on the host's bpffs (DESIGN.md section 4: the `ip netns exec` pitfall).
+use std::{
+    collections::HashSet,
+    fs::{self, File},
+    io,
+    os::{fd::AsFd, unix::fs::MetadataExt},
+    path::{Path, PathBuf},
+};
+
+use crate::nl::Rtnl;
+
+pub const NETNS_RUN_DIR: &str = "/run/netns";
+
+/// Moves the calling thread into network namespace `file`.
+pub fn setns(file: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain syscall on a valid fd.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Opens the named namespace `/run/netns/NAME` (as created by `ip netns add`).
+pub fn open_named(name: &str) -> io::Result<File> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid network namespace name {name:?}"),
+        ));
+    }
+    let path = Path::new(NETNS_RUN_DIR).join(name);
+    File::open(&path).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("network namespace {name:?} not found ({} does not exist)", path.display()),
+            )
+        } else {
+            e
+        }
+    })
+}
+
+/// Runs `f` on a helper thread inside namespace `ns`, leaving the caller's namespace alone.
+pub fn run_in<T: Send>(ns: &File, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            setns(ns)?;
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("namespace helper thread panicked")))
+    })
+}
+
+/// A namespace found on the system.
+pub struct Namespace {
+    /// How we found it: `/run/netns/NAME` or `/proc/PID/ns/net`.
+    pub path: PathBuf,
+    pub file: File,
+}
+
+/// Finds the namespace that our namespace knows as `nsid` (e.g. a veth's `IFLA_LINK_NETNSID`),
+/// by asking the kernel for the id of each candidate: named namespaces first, then the
+/// namespaces of running processes. Returns `None` if no candidate matches.
+pub fn find_by_nsid(rtnl: &mut Rtnl, nsid: i32) -> io::Result<Option<Namespace>> {
+    let own = fs::metadata("/proc/thread-self/ns/net")?;
+    let mut seen = HashSet::from([(own.dev(), own.ino())]);
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Ok(rd) = fs::read_dir(NETNS_RUN_DIR) {
+        candidates.extend(rd.flatten().map(|e| e.path()));
+    }
+    candidates.sort();
+    let mut procs: Vec<PathBuf> = fs::read_dir("/proc")?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .map(|e| e.path().join("ns/net"))
+        .collect();
+    procs.sort();
+    candidates.extend(procs);
+
+    for path in candidates {
+        // Processes come and go; unreadable candidates are skipped.
+        let Ok(meta) = fs::metadata(&path) else { continue };
+        if !seen.insert((meta.dev(), meta.ino())) {
+            continue;
+        }
+        let Ok(file) = File::open(&path) else { continue };
+        if rtnl.nsid_of(file.as_fd())? == Some(nsid) {
+            return Ok(Some(Namespace { path, file }));
+        }
+    }
+    Ok(None)
+}

@@ -1,0 +1,283 @@
+//! A small synchronous rtnetlink client for the one-shot CLI commands: links, neighbours and
+//! namespace ids. (The long-running controller uses the async `rtnetlink` crate.)
+//!
+//! The socket belongs to the network namespace of the thread that creates it.
+use std::{
+    io,
+    net::IpAddr,
+    os::fd::{AsRawFd, BorrowedFd},
+};
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use netlink_packet_route::{
+    link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage, LinkXdp},
+    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
+    nsid::{NsidAttribute, NsidMessage},
+    AddressFamily, RouteNetlinkMessage,
+};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+/// What we need to know about a link.
+#[derive(Clone, Debug, Default)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mac: Option<[u8; 6]>,
+    /// `IFLA_INFO_KIND`, e.g. "veth".
+    pub kind: Option<String>,
+    /// `IFLA_LINK`: for a veth, the peer's ifindex (in the peer's namespace).
+    pub peer_index: Option<u32>,
+    /// `IFLA_LINK_NETNSID`: the peer's namespace, as an id relative to ours.
+    pub link_netnsid: Option<i32>,
+    pub mtu: Option<u32>,
+    pub up: bool,
+    /// Attached XDP program id, if any (`IFLA_XDP_PROG_ID`).
+    pub xdp_prog_id: Option<u32>,
+}
+
+impl Link {
+    pub fn is_veth(&self) -> bool {
+        self.kind.as_deref() == Some("veth")
+    }
+}
+
+pub struct Rtnl {
+    sock: Socket,
+    seq: u32,
+}
+
+impl Rtnl {
+    pub fn new() -> io::Result<Self> {
+        let mut sock = Socket::new(NETLINK_ROUTE)?;
+        sock.bind_auto()?;
+        sock.connect(&SocketAddr::new(0, 0))?;
+        // Ask for extended acks; harmless where unsupported.
+        let _ = sock.set_ext_ack(true);
+        Ok(Self { sock, seq: 0 })
+    }
+
+    /// Sends one request and collects every reply message until `NLMSG_DONE` (dumps) or the
+    /// ack/single reply.
+    fn request(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | flags;
+        header.sequence_number = self.seq;
+        let mut nl = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+        nl.finalize();
+        let mut buf = vec![0u8; nl.buffer_len()];
+        nl.serialize(&mut buf);
+        self.sock.send(&buf, 0)?;
+
+        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+        let mut out = Vec::new();
+        loop {
+            let (data, _) = self.sock.recv_from_full()?;
+            let mut off = 0;
+            while off < data.len() {
+                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[off..])
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                let len = reply.header.length as usize;
+                if len == 0 {
+                    break;
+                }
+                off += len;
+                if reply.header.sequence_number != self.seq {
+                    continue;
+                }
+                match reply.payload {
+                    NetlinkPayload::Done(_) => return Ok(out),
+                    NetlinkPayload::Error(e) => {
+                        return match e.code {
+                            None => Ok(out),
+                            Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
+                        }
+                    }
+                    NetlinkPayload::InnerMessage(m) => {
+                        out.push(m);
+                        if !dump && flags & NLM_F_ACK == 0 {
+                            return Ok(out);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    pub fn links(&mut self) -> io::Result<Vec<Link>> {
+        let msgs = self.request(
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            NLM_F_DUMP,
+        )?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(parse_link(&l)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    pub fn link_by_index(&mut self, index: u32) -> io::Result<Option<Link>> {
+        let mut req = LinkMessage::default();
+        req.header.index = index;
+        match self.request(RouteNetlinkMessage::GetLink(req), 0) {
+            Ok(msgs) => Ok(msgs.iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(parse_link(l)),
+                _ => None,
+            })),
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn link_by_name(&mut self, name: &str) -> io::Result<Option<Link>> {
+        let mut req = LinkMessage::default();
+        req.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match self.request(RouteNetlinkMessage::GetLink(req), 0) {
+            Ok(msgs) => Ok(msgs.iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(parse_link(l)),
+                _ => None,
+            })),
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The link-layer address of neighbour `ip` on `ifindex`, if the entry is usable.
+    pub fn neighbour_mac(&mut self, ifindex: u32, ip: IpAddr) -> io::Result<Option<[u8; 6]>> {
+        let mut req = NeighbourMessage::default();
+        req.header.family = match ip {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => AddressFamily::Inet6,
+        };
+        let msgs = self.request(RouteNetlinkMessage::GetNeighbour(req), NLM_F_DUMP)?;
+        for m in msgs {
+            let RouteNetlinkMessage::NewNeighbour(n) = m else { continue };
+            if n.header.ifindex != ifindex
+                || matches!(
+                    n.header.state,
+                    NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None
+                )
+            {
+                continue;
+            }
+            let mut dst = None;
+            let mut mac = None;
+            for a in &n.attributes {
+                match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
+                        dst = Some(IpAddr::V4(*v4));
+                    }
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
+                        dst = Some(IpAddr::V6(*v6));
+                    }
+                    NeighbourAttribute::LinkLayerAddress(l) => mac = l.as_slice().try_into().ok(),
+                    _ => {}
+                }
+            }
+            if dst == Some(ip) {
+                return Ok(mac);
+            }
+        }
+        Ok(None)
+    }
+
+    /// The id our namespace uses for the namespace of `ns_fd` (`RTM_GETNSID`), if one is
+    /// assigned.
+    pub fn nsid_of(&mut self, ns_fd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
+        let mut req = NsidMessage::default();
+        req.attributes.push(NsidAttribute::Fd(
+            u32::try_from(ns_fd.as_raw_fd()).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?,
+        ));
+        let msgs = self.request(RouteNetlinkMessage::GetNsId(req), 0)?;
+        Ok(msgs.iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewNsId(n) => n.attributes.iter().find_map(|a| match a {
+                NsidAttribute::Id(id) if *id >= 0 => Some(*id),
+                _ => None,
+            }),
+            _ => None,
+        }))
+    }
+}
+
+fn parse_link(l: &LinkMessage) -> Link {
+    let mut link = Link {
+        index: l.header.index,
+        up: l.header.flags.contains(netlink_packet_route::link::LinkFlags::Up),
+        ..Link::default()
+    };
+    for a in &l.attributes {
+        match a {
+            LinkAttribute::IfName(n) => link.name.clone_from(n),
+            LinkAttribute::Address(m) => link.mac = m.as_slice().try_into().ok(),
+            LinkAttribute::Link(p) => link.peer_index = Some(*p),
+            LinkAttribute::LinkNetNsId(id) => link.link_netnsid = Some(*id),
+            LinkAttribute::Mtu(m) => link.mtu = Some(*m),
+            LinkAttribute::Xdp(xdp) => {
+                link.xdp_prog_id = xdp.iter().find_map(|x| match x {
+                    LinkXdp::ProgId(id) if *id != 0 => Some(*id),
+                    _ => None,
+                });
+            }
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    if let LinkInfo::Kind(k) = i {
+                        link.kind = Some(match k {
+                            InfoKind::Veth => "veth".to_string(),
+                            other => other.to_string().to_lowercase(),
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    link
+}
+
+/// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
+pub fn fmt_mac(m: &[u8; 6]) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff` (or with `-`).
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<&str> = s.split([':', '-']).collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    for (b, p) in mac.iter_mut().zip(parts) {
+        if p.is_empty() || p.len() > 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    Some(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_round_trip_and_rejects() {
+        let m = parse_mac("02:00:0A:ff:00:01").unwrap();
+        assert_eq!(m, [2, 0, 0x0a, 0xff, 0, 1]);
+        assert_eq!(fmt_mac(&m), "02:00:0a:ff:00:01");
+        for bad in ["", "02:00:0a:ff:00", "02:00:0a:ff:00:01:02", "zz:00:0a:ff:00:01", "002:0:0:0:0:1"] {
+            assert!(parse_mac(bad).is_none(), "{bad}");
+        }
+    }
+}
