@@ -109,8 +109,10 @@ pub enum Reason {
     NotIp = 1,
     /// 802.1Q / 802.1ad tagged frame.
     Vlan = 2,
-    /// Truncated or inconsistent header (short frame, IHL < 5, bad version, lengths that do
-    /// not fit the frame, IPv6 jumbogram).
+    /// Truncated or inconsistent header: short frame, bad version, IHL < 5, IPv4 total length
+    /// shorter than the header or beyond the frame, IPv6 payload length beyond the frame, an
+    /// ICMPv6 header cut short. (An IPv6 jumbogram always carries a hop-by-hop header and is
+    /// counted as `Ipv6ExtHeader`.)
     Malformed = 3,
     /// IPv4 header with options.
     Ipv4Options = 4,

@@ -104,14 +104,16 @@ fn decide_v4(pkt: &Packet, ingress: u32, eth: &[u8; ETH_HLEN]) -> Result<Forward
     let ip: *const [u8; IPV4_HLEN] = pkt.ptr_at(ETH_HLEN).ok_or(Reason::Malformed)?;
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { &*ip };
-    if ip[0] >> 4 != 4 || ip[0] & 0x0f < 5 {
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    if ip[0] >> 4 != 4 || ihl < IPV4_HLEN {
         return Err(Reason::Malformed);
     }
+    // The header (with any options) must fit in the total length, which must fit the frame.
     let total = usize::from(be16([ip[2], ip[3]]));
-    if total < IPV4_HLEN || ETH_HLEN + total > pkt.len() {
+    if total < ihl || ETH_HLEN + total > pkt.len() {
         return Err(Reason::Malformed);
     }
-    if ip[0] & 0x0f != 5 {
+    if ihl != IPV4_HLEN {
         return Err(Reason::Ipv4Options);
     }
     // MF set or a non-zero offset: a fragment (DF, 0x4000, is fine).
