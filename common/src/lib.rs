@@ -74,7 +74,8 @@ pub struct Attachment {
     pub mode: u8,
     /// `ATT_F_*` bits describing the pod-side settings before we changed them.
     pub prep_flags: u8,
-    pub _pad: u8,
+    /// Explicit padding; always zero.
+    pub pad: u8,
     /// Interface name at attach time, NUL padded (informational; the ifindex is the key).
     pub name: [u8; 16],
 }
@@ -202,7 +203,13 @@ pub mod pkt {
     #[inline(always)]
     pub const fn csum_after_ttl_decrement(check: u16) -> u16 {
         let sum = check as u32 + 0x0100;
-        ((sum & 0xffff) + (sum >> 16)) as u16
+        let folded = (sum & 0xffff) + (sum >> 16);
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "at most 0xffff after the fold"
+        )]
+        let folded = folded as u16;
+        folded
     }
 
     /// Full IPv4 header checksum (for tests and for userspace checks).

@@ -45,10 +45,13 @@ impl CtlSocket {
         };
         let bytes = ifname.as_bytes();
         if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad interface name"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "bad interface name",
+            ));
         }
         for (d, s) in req.name.iter_mut().zip(bytes) {
-            *d = *s as libc::c_char;
+            *d = s.cast_signed();
         }
         // SAFETY: req and val outlive the call; the kernel reads/writes only these structs.
         if unsafe { libc::ioctl(self.0.as_raw_fd(), SIOCETHTOOL, &raw mut req) } < 0 {
@@ -99,5 +102,7 @@ fn index_to_name(ifindex: u32) -> io::Result<String> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: if_indextoname wrote a NUL-terminated string into buf.
-    Ok(unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
+    Ok(unsafe { CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned())
 }

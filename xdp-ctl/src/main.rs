@@ -47,7 +47,11 @@ enum Cmd {
     /// Detach from IFACEs (or all), restore the pods' interface settings, and remove the pins
     /// when nothing stays attached.
     Detach {
-        #[arg(value_name = "IFACE", required_unless_present = "all", conflicts_with = "all")]
+        #[arg(
+            value_name = "IFACE",
+            required_unless_present = "all",
+            conflicts_with = "all"
+        )]
         ifaces: Vec<String>,
         /// Detach from every interface.
         #[arg(long)]
@@ -120,7 +124,8 @@ fn check_privileges() -> Result<()> {
     const CAP_NET_ADMIN: u32 = 12;
     const CAP_SYS_ADMIN: u32 = 21;
     const CAP_BPF: u32 = 39;
-    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     let eff = status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
@@ -133,6 +138,7 @@ fn check_privileges() -> Result<()> {
     Ok(())
 }
 
+#[expect(clippy::too_many_lines, reason = "one flat dispatch over the subcommands reads best")]
 fn run(cli: &Cli) -> Result<()> {
     check_privileges()?;
     if let Some(name) = &cli.netns {
@@ -168,14 +174,21 @@ fn run(cli: &Cli) -> Result<()> {
             if cli.json {
                 print_json(&json!({ "detached": reports }));
             } else if reports.is_empty() {
-                println!("nothing attached under {}: nothing to detach", pins.root().display());
+                println!(
+                    "nothing attached under {}: nothing to detach",
+                    pins.root().display()
+                );
             } else {
                 for r in &reports {
                     println!(
                         "{}: detached ({} endpoints removed{})",
                         r.iface,
                         r.endpoints_removed,
-                        if r.pod_settings_restored { ", pod settings restored" } else { "" }
+                        if r.pod_settings_restored {
+                            ", pod settings restored"
+                        } else {
+                            ""
+                        }
                     );
                 }
             }
@@ -207,11 +220,18 @@ fn run(cli: &Cli) -> Result<()> {
             if cli.json {
                 print_json(&json!({ "endpoints": list }));
             } else {
-                println!("{:<24} {:<16} {:<18} {:<18} MESHED", "PREFIX", "IFACE", "POD MAC", "HOST MAC");
+                println!(
+                    "{:<24} {:<16} {:<18} {:<18} MESHED",
+                    "PREFIX", "IFACE", "POD MAC", "HOST MAC"
+                );
                 for e in &list {
                     println!(
                         "{:<24} {:<16} {:<18} {:<18} {}",
-                        e.prefix, e.iface, e.pod_mac, e.host_mac, if e.meshed { "yes" } else { "no" }
+                        e.prefix,
+                        e.iface,
+                        e.pod_mac,
+                        e.host_mac,
+                        if e.meshed { "yes" } else { "no" }
                     );
                 }
             }
@@ -221,31 +241,7 @@ fn run(cli: &Cli) -> Result<()> {
             if cli.json {
                 print_json(&st);
             } else {
-                println!("pin dir: {}", st.pin_dir.display());
-                println!("endpoints: {} IPv4, {} IPv6", st.endpoints_v4, st.endpoints_v6);
-                if st.interfaces.is_empty() {
-                    println!("no interfaces attached");
-                } else {
-                    println!(
-                        "{:<16} {:>7} {:<8} {:<6} {:>7} {:>7} {:<9} PIN",
-                        "IFACE", "IFINDEX", "DATAPATH", "MODE", "PROG", "LINK", "KIND"
-                    );
-                    for i in &st.interfaces {
-                        let opt = |v: Option<u32>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
-                        println!(
-                            "{:<16} {:>7} {:<8} {:<6} {:>7} {:>7} {:<9} {}{}",
-                            i.name,
-                            i.ifindex,
-                            i.datapath,
-                            i.mode,
-                            opt(i.program_id),
-                            opt(i.link_id),
-                            i.link_kind,
-                            i.pin_path.display(),
-                            if i.live { "" } else { "  (STALE: interface gone or replaced)" }
-                        );
-                    }
-                }
+                print_status(&st);
             }
         }
         Cmd::Stats => {
@@ -253,7 +249,12 @@ fn run(cli: &Cli) -> Result<()> {
             if cli.json {
                 let reasons: serde_json::Map<String, serde_json::Value> = counters
                     .iter()
-                    .map(|(r, c)| (r.name().to_string(), json!({ "packets": c.packets, "bytes": c.bytes })))
+                    .map(|(r, c)| {
+                        (
+                            r.name().to_string(),
+                            json!({ "packets": c.packets, "bytes": c.bytes }),
+                        )
+                    })
                     .collect();
                 print_json(&json!({ "reasons": reasons }));
             } else {
@@ -265,6 +266,41 @@ fn run(cli: &Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn print_status(st: &ops::Status) {
+    println!("pin dir: {}", st.pin_dir.display());
+    println!(
+        "endpoints: {} IPv4, {} IPv6",
+        st.endpoints_v4, st.endpoints_v6
+    );
+    if st.interfaces.is_empty() {
+        println!("no interfaces attached");
+        return;
+    }
+    println!(
+        "{:<16} {:>7} {:<8} {:<6} {:>7} {:>7} {:<9} PIN",
+        "IFACE", "IFINDEX", "DATAPATH", "MODE", "PROG", "LINK", "KIND"
+    );
+    let opt = |v: Option<u32>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+    for i in &st.interfaces {
+        println!(
+            "{:<16} {:>7} {:<8} {:<6} {:>7} {:>7} {:<9} {}{}",
+            i.name,
+            i.ifindex,
+            i.datapath,
+            i.mode,
+            opt(i.program_id),
+            opt(i.link_id),
+            i.link_kind,
+            i.pin_path.display(),
+            if i.live {
+                ""
+            } else {
+                "  (STALE: interface gone or replaced)"
+            }
+        );
+    }
 }
 
 fn print_json(v: &impl serde::Serialize) {

@@ -82,7 +82,9 @@ impl Prefix {
                 IpAddr::V4((u32::from(a) & mask).into())
             }
             IpAddr::V6(a) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.len)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.len))
+                    .unwrap_or(0);
                 IpAddr::V6((u128::from(a) & mask).into())
             }
         }
@@ -138,8 +140,12 @@ impl Maps {
 
     pub fn insert_endpoint(&mut self, p: Prefix, ep: &Endpoint) -> Result<()> {
         match p.addr {
-            IpAddr::V4(a) => self.v4.insert(&Key::new(u32::from(p.len), a.octets()), ep, 0),
-            IpAddr::V6(a) => self.v6.insert(&Key::new(u32::from(p.len), a.octets()), ep, 0),
+            IpAddr::V4(a) => self
+                .v4
+                .insert(&Key::new(u32::from(p.len), a.octets()), ep, 0),
+            IpAddr::V6(a) => self
+                .v6
+                .insert(&Key::new(u32::from(p.len), a.octets()), ep, 0),
         }
         .with_context(|| format!("writing endpoint {p} (is the map full?)"))
     }
@@ -164,15 +170,27 @@ impl Maps {
 
     pub fn endpoints(&self) -> Result<Vec<(Prefix, Endpoint)>> {
         let mut out = Vec::new();
-        for kv in self.v4.iter() {
+        for kv in &self.v4 {
             let (k, v) = kv.context("reading ENDPOINTS_V4")?;
             #[expect(clippy::cast_possible_truncation, reason = "prefix length <= 32")]
-            out.push((Prefix { addr: IpAddr::V4(k.data().into()), len: k.prefix_len() as u8 }, v));
+            out.push((
+                Prefix {
+                    addr: IpAddr::V4(k.data().into()),
+                    len: k.prefix_len() as u8,
+                },
+                v,
+            ));
         }
-        for kv in self.v6.iter() {
+        for kv in &self.v6 {
             let (k, v) = kv.context("reading ENDPOINTS_V6")?;
             #[expect(clippy::cast_possible_truncation, reason = "prefix length <= 128")]
-            out.push((Prefix { addr: IpAddr::V6(k.data().into()), len: k.prefix_len() as u8 }, v));
+            out.push((
+                Prefix {
+                    addr: IpAddr::V6(k.data().into()),
+                    len: k.prefix_len() as u8,
+                },
+                v,
+            ));
         }
         out.sort_by_key(|(p, _)| *p);
         Ok(out)
@@ -227,7 +245,15 @@ mod tests {
         assert_eq!(p.len, 16);
         assert!(!p.is_host());
         assert_eq!("0.0.0.0/0".parse::<Prefix>().unwrap().len, 0);
-        for bad in ["10.244.0.300", "10.244.0.1/33", "fd00::1/129", "10.244.0.1/24", "x", "", "10.0.0.0/-1"] {
+        for bad in [
+            "10.244.0.300",
+            "10.244.0.1/33",
+            "fd00::1/129",
+            "10.244.0.1/24",
+            "x",
+            "",
+            "10.0.0.0/-1",
+        ] {
             assert!(bad.parse::<Prefix>().is_err(), "{bad}");
         }
         let e = "10.244.0.1/24".parse::<Prefix>().unwrap_err();

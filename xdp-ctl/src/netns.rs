@@ -39,7 +39,10 @@ pub fn open_named(name: &str) -> io::Result<File> {
         if e.kind() == io::ErrorKind::NotFound {
             io::Error::new(
                 io::ErrorKind::NotFound,
-                format!("network namespace {name:?} not found ({} does not exist)", path.display()),
+                format!(
+                    "network namespace {name:?} not found ({} does not exist)",
+                    path.display()
+                ),
             )
         } else {
             e
@@ -79,7 +82,12 @@ pub fn find_by_nsid(rtnl: &mut Rtnl, nsid: i32) -> io::Result<Option<Namespace>>
     candidates.sort();
     let mut procs: Vec<PathBuf> = fs::read_dir("/proc")?
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
         .map(|e| e.path().join("ns/net"))
         .collect();
     procs.sort();
@@ -87,11 +95,15 @@ pub fn find_by_nsid(rtnl: &mut Rtnl, nsid: i32) -> io::Result<Option<Namespace>>
 
     for path in candidates {
         // Processes come and go; unreadable candidates are skipped.
-        let Ok(meta) = fs::metadata(&path) else { continue };
+        let Ok(meta) = fs::metadata(&path) else {
+            continue;
+        };
         if !seen.insert((meta.dev(), meta.ino())) {
             continue;
         }
-        let Ok(file) = File::open(&path) else { continue };
+        let Ok(file) = File::open(&path) else {
+            continue;
+        };
         if rtnl.nsid_of(file.as_fd())? == Some(nsid) {
             return Ok(Some(Namespace { path, file }));
         }

@@ -160,7 +160,9 @@ impl Rtnl {
         };
         let msgs = self.request(RouteNetlinkMessage::GetNeighbour(req), NLM_F_DUMP)?;
         for m in msgs {
-            let RouteNetlinkMessage::NewNeighbour(n) = m else { continue };
+            let RouteNetlinkMessage::NewNeighbour(n) = m else {
+                continue;
+            };
             if n.header.ifindex != ifindex
                 || matches!(
                     n.header.state,
@@ -195,7 +197,8 @@ impl Rtnl {
     pub fn nsid_of(&mut self, ns_fd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
         let mut req = NsidMessage::default();
         req.attributes.push(NsidAttribute::Fd(
-            u32::try_from(ns_fd.as_raw_fd()).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?,
+            u32::try_from(ns_fd.as_raw_fd())
+                .map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?,
         ));
         let msgs = self.request(RouteNetlinkMessage::GetNsId(req), 0)?;
         Ok(msgs.iter().find_map(|m| match m {
@@ -211,7 +214,10 @@ impl Rtnl {
 fn parse_link(l: &LinkMessage) -> Link {
     let mut link = Link {
         index: l.header.index,
-        up: l.header.flags.contains(netlink_packet_route::link::LinkFlags::Up),
+        up: l
+            .header
+            .flags
+            .contains(netlink_packet_route::link::LinkFlags::Up),
         ..Link::default()
     };
     for a in &l.attributes {
@@ -276,7 +282,13 @@ mod tests {
         let m = parse_mac("02:00:0A:ff:00:01").unwrap();
         assert_eq!(m, [2, 0, 0x0a, 0xff, 0, 1]);
         assert_eq!(fmt_mac(&m), "02:00:0a:ff:00:01");
-        for bad in ["", "02:00:0a:ff:00", "02:00:0a:ff:00:01:02", "zz:00:0a:ff:00:01", "002:0:0:0:0:1"] {
+        for bad in [
+            "",
+            "02:00:0a:ff:00",
+            "02:00:0a:ff:00:01:02",
+            "zz:00:0a:ff:00:01",
+            "002:0:0:0:0:1",
+        ] {
             assert!(parse_mac(bad).is_none(), "{bad}");
         }
     }

@@ -116,7 +116,10 @@ impl Peer {
                 )
             })?;
         debug!(iface = %link.name, ns = %ns.path.display(), "found veth peer namespace");
-        Ok(Peer { ns: Some(ns), index })
+        Ok(Peer {
+            ns: Some(ns),
+            index,
+        })
     }
 
     fn run<T: Send>(&self, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
@@ -150,7 +153,10 @@ fn prepare_peer(rtnl: &mut Rtnl, link: &Link) -> Result<u8> {
         .get()
         .with_context(|| format!("reading offloads of {}'s peer", link.name))?;
     peer.set(PREPARED).with_context(|| {
-        format!("setting gro on, tx-checksumming off on {peer_name} (peer of {})", link.name)
+        format!(
+            "setting gro on, tx-checksumming off on {peer_name} (peer of {})",
+            link.name
+        )
     })?;
     let mut flags = ATT_F_PREPARED;
     if orig.gro {
@@ -207,7 +213,11 @@ fn name_bytes(name: &str) -> [u8; 16] {
 }
 
 fn att_name(att: &Attachment) -> String {
-    let end = att.name.iter().position(|b| *b == 0).unwrap_or(att.name.len());
+    let end = att
+        .name
+        .iter()
+        .position(|b| *b == 0)
+        .unwrap_or(att.name.len());
     String::from_utf8_lossy(&att.name[..end]).into_owned()
 }
 
@@ -253,7 +263,9 @@ pub fn attach(pins: &PinDir, ifaces: &[String], mode: Mode) -> Result<Vec<Attach
         .ok_or_else(|| anyhow!("program {XDP_PROGRAM} missing from the eBPF object"))?
         .try_into()
         .context("program type")?;
-    program.load().context("loading the XDP program (verifier)")?;
+    program
+        .load()
+        .context("loading the XDP program (verifier)")?;
 
     let mut reports = Vec::new();
     let mut undo: Vec<Undo> = Vec::new();
@@ -324,7 +336,7 @@ fn attach_one(
         datapath: ATT_DATAPATH_XDP,
         mode: mode.to_att(),
         prep_flags: 0,
-        _pad: 0,
+        pad: 0,
         name: name_bytes(&link.name),
     };
     // 1. The pod side must be able to take redirected frames before anyone redirects to it.
@@ -396,7 +408,10 @@ fn run_undo(rtnl: &mut Rtnl, maps: &mut Maps, step: Undo) -> Result<()> {
 
 /// Drops every trace of an attachment whose interface is gone or was replaced.
 fn forget_stale(pins: &PinDir, maps: &mut Maps, ifindex: u32) -> Result<()> {
-    warn!(ifindex, "forgetting a stale attachment (interface gone or index reused)");
+    warn!(
+        ifindex,
+        "forgetting a stale attachment (interface gone or index reused)"
+    );
     remove_endpoints_on(maps, ifindex)?;
     let _ = maps.tx_ports.remove(ifindex);
     if let Ok(l) = PinnedLink::from_pin(pins.xdp_link_path(ifindex)) {
@@ -472,11 +487,16 @@ pub fn detach(pins: &PinDir, ifaces: Option<&[String]>) -> Result<Vec<DetachRepo
         let _ = maps.tx_ports.remove(att.ifindex);
         let path = pins.xdp_link_path(att.ifindex);
         match PinnedLink::from_pin(&path) {
-            Ok(l) => drop(l.unpin().with_context(|| format!("unpinning {}", path.display()))?),
+            Ok(l) => drop(
+                l.unpin()
+                    .with_context(|| format!("unpinning {}", path.display()))?,
+            ),
             Err(e) => warn!("{name}: no pinned link at {} ({e})", path.display()),
         }
         restore_peer(&mut rtnl, &att).with_context(|| format!("detaching {name}"))?;
-        maps.attachments.remove(&att.ifindex).context("ATTACHMENTS")?;
+        maps.attachments
+            .remove(&att.ifindex)
+            .context("ATTACHMENTS")?;
         reports.push(DetachReport {
             iface: name,
             ifindex: att.ifindex,
@@ -529,15 +549,16 @@ pub fn endpoint_add(
         .ok_or_else(|| anyhow!("{iface} has no Ethernet address"))?;
     let pod_mac = match mac {
         Some(m) => m,
-        None if prefix.is_host() => rtnl
-            .neighbour_mac(link.index, prefix.addr)?
-            .ok_or_else(|| {
-                anyhow!(
-                    "no neighbour entry for {} on {iface}; pass --mac, or let the node learn \
+        None if prefix.is_host() => {
+            rtnl.neighbour_mac(link.index, prefix.addr)?
+                .ok_or_else(|| {
+                    anyhow!(
+                        "no neighbour entry for {} on {iface}; pass --mac, or let the node learn \
                      it first (e.g. ping the pod)",
-                    prefix.addr
-                )
-            })?,
+                        prefix.addr
+                    )
+                })?
+        }
         None => bail!("{prefix} is a prefix, not one pod: pass --mac"),
     };
     let ep = Endpoint {
@@ -633,13 +654,18 @@ pub fn status(pins: &PinDir) -> Result<Status> {
             .ok()
             .and_then(|l| FdLink::from(l).info().ok());
         let link = rtnl.link_by_index(att.ifindex)?;
-        let live = matches!((&link, &info), (Some(l), Some(i)) if l.xdp_prog_id == Some(i.program_id()));
+        let live =
+            matches!((&link, &info), (Some(l), Some(i)) if l.xdp_prog_id == Some(i.program_id()));
         st.interfaces.push(InterfaceStatus {
             name: link.map_or_else(|| att_name(&att), |l| l.name),
             ifindex: att.ifindex,
             datapath: "xdp",
-            mode: Mode::from_att(att.mode).map_or("unknown", Mode::name).to_string(),
-            program_id: info.as_ref().map(aya::programs::links::LinkInfo::program_id),
+            mode: Mode::from_att(att.mode)
+                .map_or("unknown", Mode::name)
+                .to_string(),
+            program_id: info
+                .as_ref()
+                .map(aya::programs::links::LinkInfo::program_id),
             link_id: info.as_ref().map(aya::programs::links::LinkInfo::id),
             link_kind: "bpf_link",
             pin_path: path,

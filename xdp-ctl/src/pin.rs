@@ -57,7 +57,10 @@ impl PinDir {
     /// Fails with a clear message unless the pin directory is (or would be created) on bpffs.
     pub fn check_bpffs(&self) -> Result<()> {
         if !self.root.is_absolute() {
-            bail!("pin directory {} must be an absolute path", self.root.display());
+            bail!(
+                "pin directory {} must be an absolute path",
+                self.root.display()
+            );
         }
         let mut probe = self.root.as_path();
         while !probe.exists() {
@@ -107,7 +110,12 @@ impl PinDir {
                     .with_context(|| format!("unpinning {}", e.path().display()))?;
             }
         }
-        for d in [self.links_dir(), self.maps_dir(), self.layout(), self.root.clone()] {
+        for d in [
+            self.links_dir(),
+            self.maps_dir(),
+            self.layout(),
+            self.root.clone(),
+        ] {
             match fs::remove_dir(&d) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -133,6 +141,5 @@ fn statfs_type(path: &Path) -> io::Result<i64> {
     if unsafe { libc::statfs(c.as_ptr(), &raw mut st) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    #[expect(clippy::unnecessary_cast, reason = "f_type's width differs between targets")]
     Ok(st.f_type as i64)
 }
