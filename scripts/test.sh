@@ -12,9 +12,9 @@ scripts/bootstrap.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 
 echo "=== build"
-cargo build --workspace --tests --bins
+cargo build --tests --bins   # default members: every crate but xdp-ebpf (bpf target only)
 export XDP_CTL_BIN="$ROOT/target/debug/xdp-ctl"
 
 echo "=== test"
 # Integration tests use unique namespace names and pin dirs, so they may run in parallel.
-cargo test --workspace -- "$@"
+cargo test -- "$@"
