@@ -1,0 +1,1496 @@
+//! Shared harness for the xdp-fastpath integration tests: a network-namespace bench (built by
+//! `scripts/bench-netns.sh`, torn down on drop), a driver for the `xdp-ctl` binary, traffic
+//! generators that run inside pod namespaces, and a raw-frame sender for crafted frames.
+//!
+//! Everything happens in namespaces this harness creates; the host's own network settings are
+//! never touched. Network-namespace switches are done with `setns(CLONE_NEWNET)` on dedicated
+//! threads: that affects only the calling thread, and a socket belongs to the namespace that
+//! was current when it was created.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    fmt,
+    fs::File,
+    io::{self, Read, Write},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::{
+        fd::AsRawFd,
+        unix::{
+            fs::PermissionsExt,
+            process::{CommandExt, ExitStatusExt},
+        },
+    },
+    path::{Path, PathBuf},
+    process::{Command, ExitStatus, Stdio},
+    sync::{
+        atomic::{AtomicBool, AtomicU32, Ordering},
+        mpsc, Arc,
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// Timeout for helper commands (bench script, ip, iptables, ethtool, xdp-ctl).
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// True when running with an effective uid of 0.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Returns early from a test (with a message saying why) when not running as root.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !$crate::is_root() {
+            eprintln!(
+                "SKIPPED {}: needs root (network namespaces, XDP, bpffs); run as root, e.g. \
+                 scripts/test.sh",
+                module_path!()
+            );
+            return;
+        }
+    };
+}
+
+/// The workspace root (this crate lives in `<root>/tests`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests crate has a parent directory")
+        .to_path_buf()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running commands
+// ---------------------------------------------------------------------------------------------
+
+/// Result of a command run by the harness.
+#[derive(Debug, Clone)]
+pub struct CmdOutput {
+    /// The command line, for messages.
+    pub cmdline: String,
+    /// `None` when the command did not finish within its timeout (it was killed).
+    pub status: Option<ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CmdOutput {
+    pub fn success(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+
+    /// Exit code, `None` on timeout or death by signal.
+    pub fn code(&self) -> Option<i32> {
+        self.status.and_then(|s| s.code())
+    }
+
+    /// Panics with the full output unless the command succeeded.
+    #[track_caller]
+    #[must_use]
+    pub fn ok(self) -> Self {
+        assert!(self.success(), "command failed: {self}");
+        self
+    }
+}
+
+impl fmt::Display for CmdOutput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let status = match self.status {
+            None => "timed out (killed)".to_string(),
+            Some(s) => match (s.code(), s.signal()) {
+                (Some(c), _) => format!("exited with code {c}"),
+                (None, Some(sig)) => format!("killed by signal {sig}"),
+                _ => format!("{s}"),
+            },
+        };
+        write!(
+            f,
+            "`{}` {status}\n--- stdout ---\n{}--- stderr ---\n{}--------------",
+            self.cmdline,
+            with_newline(&self.stdout),
+            with_newline(&self.stderr)
+        )
+    }
+}
+
+fn with_newline(s: &str) -> String {
+    if s.is_empty() || s.ends_with('\n') {
+        s.to_string()
+    } else {
+        format!("{s}\n")
+    }
+}
+
+fn cmdline_of(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Runs `cmd` with captured output, killing it (and its process group, which it leads) when
+/// it runs longer than `timeout`. Errors only when the program cannot be started.
+pub fn try_run(mut cmd: Command, timeout: Duration) -> io::Result<CmdOutput> {
+    let cmdline = cmdline_of(&cmd);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot run `{cmdline}`: {e}")))?;
+    let mut out = child.stdout.take().expect("piped stdout");
+    let mut err = child.stderr.take().expect("piped stderr");
+    let out_t = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let err_t = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let pgid = i32::try_from(child.id()).expect("pid fits i32");
+            // SAFETY: signals the process group led by the child we spawned (process_group(0)).
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            let _ = child.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    let stdout = String::from_utf8_lossy(&out_t.join().unwrap_or_default()).into_owned();
+    let stderr = String::from_utf8_lossy(&err_t.join().unwrap_or_default()).into_owned();
+    Ok(CmdOutput {
+        cmdline,
+        status,
+        stdout,
+        stderr,
+    })
+}
+
+/// Like [`try_run`] with [`COMMAND_TIMEOUT`]; panics when the program cannot be started.
+#[track_caller]
+pub fn run(cmd: Command) -> CmdOutput {
+    match try_run(cmd, COMMAND_TIMEOUT) {
+        Ok(o) => o,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Runs a program given as `[program, args...]`.
+#[track_caller]
+pub fn run_args(args: &[&str]) -> CmdOutput {
+    let (prog, rest) = args.split_first().expect("a program to run");
+    let mut cmd = Command::new(prog);
+    cmd.args(rest);
+    run(cmd)
+}
+
+/// `ip netns exec NS args...` (fine for ip/iptables/ethtool; never for xdp-ctl, whose pins must
+/// live on the host mount namespace's bpffs).
+#[track_caller]
+pub fn exec_in(ns: &str, args: &[&str]) -> CmdOutput {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]).args(args);
+    run(cmd)
+}
+
+/// [`exec_in`] that panics with the full output on failure and returns stdout.
+#[track_caller]
+pub fn exec_in_ok(ns: &str, args: &[&str]) -> String {
+    exec_in(ns, args).ok().stdout
+}
+
+/// Parses `ethtool -k IFACE` output into feature -> "on"/"off" (the "[fixed]" note dropped).
+pub fn parse_ethtool_features(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter(|l| !l.starts_with("Features for"))
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            let v = v.split_whitespace().next()?;
+            Some((k.trim().to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
+pub fn mac_str(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The bench
+// ---------------------------------------------------------------------------------------------
+
+static BENCH_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn base36(mut v: u32, width: usize) -> String {
+    const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut s = Vec::new();
+    while v > 0 {
+        s.push(DIGITS[(v % 36) as usize]);
+        v /= 36;
+    }
+    while s.len() < width {
+        s.push(b'0');
+    }
+    s.reverse();
+    String::from_utf8(s).expect("ascii")
+}
+
+/// A routed pod bench of `n` pods (DESIGN.md section 1) in namespaces of its own, with its own
+/// bpffs pin directory. Dropping it detaches everything and deletes the namespaces, also when
+/// the test panicked.
+pub struct Bench {
+    prefix: String,
+    pods: u32,
+    pin_dir: PathBuf,
+    script: PathBuf,
+}
+
+impl Bench {
+    /// Builds a bench of `pods` pods (`scripts/bench-netns.sh up`).
+    #[track_caller]
+    pub fn up(pods: u32) -> Bench {
+        Self::up_with_rules(pods, 0)
+    }
+
+    /// Like [`Bench::up`], with `rules` never-matching FORWARD rules in the node namespace.
+    #[track_caller]
+    pub fn up_with_rules(pods: u32, rules: u32) -> Bench {
+        assert!((1..=9999).contains(&pods), "pods must be 1..9999");
+        let n = BENCH_COUNTER.fetch_add(1, Ordering::Relaxed);
+        // "xt" + 5 + 2 base36 chars = 9; + "h" + up to 4 digits = 14 <= IFNAMSIZ - 1.
+        let prefix = format!("xt{}{}", base36(std::process::id(), 5), base36(n % 1296, 2));
+        let script = repo_root().join("scripts/bench-netns.sh");
+        let bench = Bench {
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/xfp-test-{prefix}")),
+            prefix,
+            pods,
+            script,
+        };
+        // A leftover of a killed earlier run with the same pid would make `up` refuse.
+        let _ = bench.script_cmd(&["down"]);
+        let mut cmd = Command::new(&bench.script);
+        cmd.args(["up", &pods.to_string(), "--name", &bench.prefix]);
+        if rules > 0 {
+            cmd.args(["--forward-rules", &rules.to_string()]);
+        }
+        let out = run(cmd);
+        // `up` cleans up after itself on failure; Drop runs `down` again regardless.
+        assert!(out.success(), "bench set-up failed: {out}");
+        bench
+    }
+
+    fn script_cmd(&self, args: &[&str]) -> io::Result<CmdOutput> {
+        let mut cmd = Command::new(&self.script);
+        cmd.args(args).args(["--name", &self.prefix]);
+        try_run(cmd, COMMAND_TIMEOUT)
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn pods(&self) -> u32 {
+        self.pods
+    }
+
+    pub fn node_ns(&self) -> String {
+        format!("{}-node", self.prefix)
+    }
+
+    pub fn pod_ns(&self, i: u32) -> String {
+        self.check_pod(i);
+        format!("{}-pod{i}", self.prefix)
+    }
+
+    /// Host-side veth of pod `i`, in the node namespace.
+    pub fn host_veth(&self, i: u32) -> String {
+        self.check_pod(i);
+        format!("{}h{i}", self.prefix)
+    }
+
+    pub fn pod_v4(&self, i: u32) -> Ipv4Addr {
+        self.check_pod(i);
+        Self::v4_of(i)
+    }
+
+    /// Address a pod `i` would have (without checking that the bench has it).
+    pub fn v4_of(i: u32) -> Ipv4Addr {
+        Ipv4Addr::new(10, 244, ((i >> 8) & 0xff) as u8, (i & 0xff) as u8)
+    }
+
+    pub fn pod_v6(&self, i: u32) -> Ipv6Addr {
+        self.check_pod(i);
+        Self::v6_of(i)
+    }
+
+    /// IPv6 address a pod `i` would have (without checking that the bench has it).
+    pub fn v6_of(i: u32) -> Ipv6Addr {
+        Ipv6Addr::new(
+            0xfd00,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            u16::try_from(i).expect("pod index fits 16 bits"),
+        )
+    }
+
+    /// MAC of pod `i`'s eth0.
+    pub fn pod_mac(&self, i: u32) -> [u8; 6] {
+        self.check_pod(i);
+        [2, 0, 0, 0, ((i >> 8) & 0xff) as u8, (i & 0xff) as u8]
+    }
+
+    /// MAC of pod `i`'s host-side veth.
+    pub fn host_mac(&self, i: u32) -> [u8; 6] {
+        self.check_pod(i);
+        [2, 0, 0, 1, ((i >> 8) & 0xff) as u8, (i & 0xff) as u8]
+    }
+
+    /// The bench's own bpffs pin directory (not created by the harness).
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    fn check_pod(&self, i: u32) {
+        assert!(
+            (1..=self.pods).contains(&i),
+            "pod {i} does not exist (bench has pods 1..={})",
+            self.pods
+        );
+    }
+
+    /// `ip netns exec NS ...`, panicking with the full output on failure.
+    #[track_caller]
+    pub fn exec_in(&self, ns: &str, args: &[&str]) -> String {
+        exec_in_ok(ns, args)
+    }
+
+    /// Runs a command in the node namespace, panicking on failure; returns stdout.
+    #[track_caller]
+    pub fn node_exec(&self, args: &[&str]) -> String {
+        exec_in_ok(&self.node_ns(), args)
+    }
+
+    /// Runs a command in pod `i`'s namespace, panicking on failure; returns stdout.
+    #[track_caller]
+    pub fn pod_exec(&self, i: u32, args: &[&str]) -> String {
+        exec_in_ok(&self.pod_ns(i), args)
+    }
+
+    /// `ethtool -k eth0` of pod `i`, as feature -> "on"/"off".
+    #[track_caller]
+    pub fn pod_features(&self, i: u32) -> BTreeMap<String, String> {
+        parse_ethtool_features(&self.pod_exec(i, &["ethtool", "-k", "eth0"]))
+    }
+
+    /// `ip -d link show` of the node namespace (shows `xdp`/`prog/xdp` when a program is on).
+    #[track_caller]
+    pub fn node_links_detail(&self) -> String {
+        run_args(&["ip", "-n", &self.node_ns(), "-d", "link", "show"])
+            .ok()
+            .stdout
+    }
+
+    /// `ip -d link show dev IFACE` in the node namespace.
+    #[track_caller]
+    pub fn node_link_detail(&self, iface: &str) -> String {
+        run_args(&[
+            "ip",
+            "-n",
+            &self.node_ns(),
+            "-d",
+            "link",
+            "show",
+            "dev",
+            iface,
+        ])
+        .ok()
+        .stdout
+    }
+
+    /// `xdp-ctl` bound to this bench (`--pin-dir` and `--netns` always passed).
+    pub fn xdp_ctl(&self) -> XdpCtl {
+        XdpCtl::new(self.pin_dir.clone(), Some(self.node_ns()))
+    }
+
+    /// Inserts FORWARD DROP rules for pod-to-pod traffic (10.244.0.0/16 and fd00::/64) at the
+    /// top of the node's iptables and ip6tables FORWARD chains: the kernel path can no longer
+    /// deliver pod-to-pod packets, only the fast path can.
+    #[track_caller]
+    pub fn drop_pod_forwarding(&self) {
+        self.node_exec(&[
+            "iptables",
+            "-I",
+            "FORWARD",
+            "1",
+            "-s",
+            "10.244.0.0/16",
+            "-d",
+            "10.244.0.0/16",
+            "-j",
+            "DROP",
+        ]);
+        self.node_exec(&[
+            "ip6tables",
+            "-I",
+            "FORWARD",
+            "1",
+            "-s",
+            "fd00::/64",
+            "-d",
+            "fd00::/64",
+            "-j",
+            "DROP",
+        ]);
+    }
+
+    /// Packets that hit the DROP rules of [`Bench::drop_pod_forwarding`]: (IPv4, IPv6).
+    #[track_caller]
+    pub fn forward_drops(&self) -> (u64, u64) {
+        let count = |tool: &str, net: &str| -> u64 {
+            let text = self.node_exec(&[tool, "-c", "-t", "filter"]);
+            text.lines()
+                .filter(|l| l.contains("-A FORWARD") && l.contains(net) && l.contains("-j DROP"))
+                .filter_map(|l| {
+                    let inner = l.strip_prefix('[')?.split(']').next()?;
+                    inner.split(':').next()?.parse::<u64>().ok()
+                })
+                .sum()
+        };
+        (
+            count("iptables-save", "10.244.0.0/16"),
+            count("ip6tables-save", "fd00::/64"),
+        )
+    }
+
+    /// Attaches the fast path to the host veths of `pods` and adds both addresses of each as
+    /// meshed endpoints.
+    #[track_caller]
+    pub fn attach_and_mesh(&self, pods: &[u32]) {
+        let ctl = self.xdp_ctl();
+        let veths: Vec<String> = pods.iter().map(|&i| self.host_veth(i)).collect();
+        let mut args = vec!["attach"];
+        args.extend(veths.iter().map(String::as_str));
+        ctl.run_ok(&args);
+        for &i in pods {
+            self.add_endpoint(i, true);
+        }
+    }
+
+    /// `xdp-ctl endpoint add` for both addresses of pod `i` (MAC from the neighbour entry).
+    #[track_caller]
+    pub fn add_endpoint(&self, i: u32, meshed: bool) {
+        let ctl = self.xdp_ctl();
+        let hv = self.host_veth(i);
+        for addr in [self.pod_v4(i).to_string(), self.pod_v6(i).to_string()] {
+            let mut args = vec!["endpoint", "add", addr.as_str(), "--iface", hv.as_str()];
+            if !meshed {
+                args.push("--not-meshed");
+            }
+            ctl.run_ok(&args);
+        }
+    }
+
+    /// All counters from `xdp-ctl stats --json`: reason -> (packets, bytes).
+    #[track_caller]
+    pub fn all_stats(&self) -> BTreeMap<String, (u64, u64)> {
+        self.xdp_ctl().stats()
+    }
+
+    /// One counter: (packets, bytes). Panics if `xdp-ctl` does not report that reason.
+    #[track_caller]
+    pub fn stats(&self, reason: &str) -> (u64, u64) {
+        let all = self.all_stats();
+        match all.get(reason) {
+            Some(&v) => v,
+            None => panic!(
+                "xdp-ctl stats has no reason {reason:?}; it has {:?}",
+                all.keys()
+            ),
+        }
+    }
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        if self.pin_dir.exists() {
+            let ctl = self.xdp_ctl();
+            match ctl.try_run(&["detach", "--all"]) {
+                Ok(o) if o.success() => {}
+                Ok(o) => eprintln!("bench teardown: detach --all failed (continuing): {o}"),
+                Err(e) => eprintln!("bench teardown: {e} (continuing)"),
+            }
+            if self.pin_dir.exists() {
+                if let Err(e) = std::fs::remove_dir_all(&self.pin_dir) {
+                    eprintln!("bench teardown: removing {}: {e}", self.pin_dir.display());
+                }
+            }
+        }
+        match self.script_cmd(&["down"]) {
+            Ok(o) if o.success() => {}
+            Ok(o) => eprintln!("bench teardown: `down` failed: {o}"),
+            Err(e) => eprintln!("bench teardown: {e}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// xdp-ctl
+// ---------------------------------------------------------------------------------------------
+
+/// Runs the `xdp-ctl` binary with `--pin-dir` (and `--netns`, if set) always passed.
+#[derive(Debug, Clone)]
+pub struct XdpCtl {
+    pub bin: PathBuf,
+    pub pin_dir: PathBuf,
+    pub netns: Option<String>,
+}
+
+impl XdpCtl {
+    pub fn new(pin_dir: PathBuf, netns: Option<String>) -> XdpCtl {
+        XdpCtl {
+            bin: Self::bin_path(),
+            pin_dir,
+            netns,
+        }
+    }
+
+    /// `$XDP_CTL_BIN`, else `xdp-ctl` next to the directory of this test executable
+    /// (`target/<profile>/deps/<test>` -> `target/<profile>/xdp-ctl`).
+    pub fn bin_path() -> PathBuf {
+        if let Some(p) = std::env::var_os("XDP_CTL_BIN") {
+            return PathBuf::from(p);
+        }
+        let exe = std::env::current_exe().expect("current_exe");
+        let mut dir = exe
+            .parent()
+            .expect("test exe has a directory")
+            .to_path_buf();
+        if dir.file_name().is_some_and(|n| n == "deps") {
+            dir.pop();
+        }
+        dir.join("xdp-ctl")
+    }
+
+    fn global_args(&self) -> Vec<String> {
+        let mut v = vec!["--pin-dir".to_string(), self.pin_dir.display().to_string()];
+        if let Some(ns) = &self.netns {
+            v.push("--netns".to_string());
+            v.push(ns.clone());
+        }
+        v
+    }
+
+    fn check_bin(&self) -> io::Result<()> {
+        if self.bin.is_file() {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "xdp-ctl binary not found at {}: build it with `cargo build -p xdp-ctl` or set \
+                     XDP_CTL_BIN",
+                    self.bin.display()
+                ),
+            ))
+        }
+    }
+
+    /// The command `xdp-ctl --pin-dir .. [--netns ..] args..`, not run.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(self.global_args()).args(args);
+        cmd
+    }
+
+    /// Runs it; errors only when the binary is missing or cannot be started.
+    pub fn try_run(&self, args: &[&str]) -> io::Result<CmdOutput> {
+        self.check_bin()?;
+        try_run(self.command(args), COMMAND_TIMEOUT)
+    }
+
+    /// Runs it, whatever the exit status; panics only when it cannot be started.
+    #[track_caller]
+    pub fn run(&self, args: &[&str]) -> CmdOutput {
+        match self.try_run(args) {
+            Ok(o) => o,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Runs it and panics with the full output unless it succeeded.
+    #[track_caller]
+    pub fn run_ok(&self, args: &[&str]) -> CmdOutput {
+        self.run(args).ok()
+    }
+
+    /// Runs it with `--json` and parses stdout; panics on failure or invalid JSON.
+    #[track_caller]
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut full = vec!["--json"];
+        full.extend_from_slice(args);
+        let out = self.run_ok(&full);
+        match serde_json::from_str(&out.stdout) {
+            Ok(v) => v,
+            Err(e) => panic!("stdout of xdp-ctl is not JSON ({e}): {out}"),
+        }
+    }
+
+    /// `stats --json`: reason -> (packets, bytes).
+    #[track_caller]
+    pub fn stats(&self) -> BTreeMap<String, (u64, u64)> {
+        let v = self.json(&["stats"]);
+        let Some(reasons) = v.get("reasons").and_then(Value::as_object) else {
+            panic!("`stats --json` has no \"reasons\" object: {v}");
+        };
+        reasons
+            .iter()
+            .map(|(k, c)| {
+                let get = |f: &str| {
+                    c.get(f).and_then(Value::as_u64).unwrap_or_else(|| {
+                        panic!("`stats --json`: reason {k} has no numeric {f:?}: {c}")
+                    })
+                };
+                (k.clone(), (get("packets"), get("bytes")))
+            })
+            .collect()
+    }
+
+    /// `status --json`'s interface names.
+    #[track_caller]
+    pub fn attached(&self) -> Vec<String> {
+        let v = self.json(&["status"]);
+        let Some(ifaces) = v.get("interfaces").and_then(Value::as_array) else {
+            panic!("`status --json` has no \"interfaces\" array: {v}");
+        };
+        ifaces
+            .iter()
+            .map(|i| {
+                i.get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_else(|| panic!("interface without a name in `status --json`: {i}"))
+                    .to_string()
+            })
+            .collect()
+    }
+
+    /// Runs it as user `nobody` (uid/gid 65534, no supplementary groups, no capabilities) via
+    /// `setpriv`, from a world-readable copy of the binary.
+    #[track_caller]
+    pub fn run_as_nobody(&self, args: &[&str]) -> CmdOutput {
+        self.check_bin().unwrap_or_else(|e| panic!("{e}"));
+        let dir = PathBuf::from(format!(
+            "/tmp/xdp-ctl-nobody-{}-{}",
+            std::process::id(),
+            BENCH_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let bin = dir.join("xdp-ctl");
+        std::fs::copy(&self.bin, &bin).expect("copy xdp-ctl");
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(&bin)
+            .args(self.global_args())
+            .args(args);
+        let out = run(cmd);
+        let _ = std::fs::remove_dir_all(&dir);
+        out
+    }
+}
+
+/// Asserts that a failed `xdp-ctl` run failed cleanly: non-zero exit, no panic or backtrace,
+/// and a reason on stderr — `xdp-ctl: error: ...` on exactly one line (exit 1), or a clap
+/// usage error whose first line starts with `error:` (exit 2). `mentions` must appear in the
+/// reason when given.
+#[track_caller]
+pub fn assert_clean_failure(out: &CmdOutput, mentions: Option<&str>) {
+    assert!(!out.success(), "expected failure, but it succeeded: {out}");
+    assert!(out.status.is_some(), "timed out instead of failing: {out}");
+    assert!(
+        !out.stderr.contains("panicked") && !out.stderr.contains("RUST_BACKTRACE"),
+        "it panicked instead of failing cleanly: {out}"
+    );
+    let text = out.stderr.trim();
+    let first = text.lines().next().unwrap_or("");
+    match out.code() {
+        Some(1) => {
+            assert!(
+                first.starts_with("xdp-ctl: error: "),
+                "no `xdp-ctl: error:` line: {out}"
+            );
+            assert_eq!(
+                text.lines().count(),
+                1,
+                "error must be one line on stderr: {out}"
+            );
+        }
+        Some(2) => assert!(
+            first.starts_with("error:"),
+            "usage error without reason: {out}"
+        ),
+        _ => panic!("expected exit code 1 (error) or 2 (usage): {out}"),
+    }
+    if let Some(m) = mentions {
+        assert!(
+            first.to_lowercase().contains(&m.to_lowercase()),
+            "the reason does not mention {m:?}: {out}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Threads in other network namespaces
+// ---------------------------------------------------------------------------------------------
+
+/// Moves the calling thread into network namespace `/run/netns/NS`.
+pub fn enter_netns(ns: &str) -> io::Result<()> {
+    let path = format!("/run/netns/{ns}");
+    let f = File::open(&path).map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))?;
+    // SAFETY: a valid namespace fd; CLONE_NEWNET affects only this thread.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("setns({path}): {e}")));
+    }
+    Ok(())
+}
+
+/// Runs `f` on a new thread inside network namespace `ns`.
+pub fn in_netns<T, F>(ns: &str, f: F) -> JoinHandle<Result<T, String>>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, String> + Send + 'static,
+{
+    let ns = ns.to_string();
+    thread::Builder::new()
+        .name(format!("netns-{ns}"))
+        .spawn(move || {
+            enter_netns(&ns).map_err(|e| e.to_string())?;
+            f()
+        })
+        .expect("spawn thread")
+}
+
+fn join<T>(h: JoinHandle<Result<T, String>>, who: &str) -> Result<T, String> {
+    match h.join() {
+        Ok(r) => r.map_err(|e| format!("{who}: {e}")),
+        Err(_) => Err(format!("{who}: thread panicked")),
+    }
+}
+
+/// Deterministic pseudo-random payload (an xorshift stream), so corruption is detected.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[0]
+        })
+        .collect()
+}
+
+fn first_difference(a: &[u8], b: &[u8]) -> String {
+    match a.iter().zip(b).position(|(x, y)| x != y) {
+        Some(i) => format!("first difference at byte {i} of {}", a.len()),
+        None => format!("lengths {} vs {}", a.len(), b.len()),
+    }
+}
+
+fn read_full(s: &mut TcpStream, len: usize) -> Result<Vec<u8>, String> {
+    let mut buf = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        match s.read(&mut buf[got..]) {
+            Ok(0) => return Err(format!("connection closed after {got} of {len} bytes")),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("read failed after {got} of {len} bytes: {e}")),
+        }
+    }
+    Ok(buf)
+}
+
+/// What a successful transfer saw.
+#[derive(Debug, Clone)]
+pub struct Transfer {
+    /// The client's address as the server saw it (proves no NAT, right source).
+    pub client_addr: SocketAddr,
+    /// Payload bytes checked in each direction.
+    pub bytes: usize,
+    pub elapsed: Duration,
+}
+
+/// TCP: a client in `client_ns` connects to a listener on `server`:(ephemeral) in `server_ns`,
+/// sends `len` pseudo-random bytes, which the server checks and echoes back, and the client
+/// checks again. Every step is bounded by `timeout`: a blocked path fails fast.
+pub fn tcp_echo(
+    client_ns: &str,
+    server_ns: &str,
+    server: IpAddr,
+    len: usize,
+    timeout: Duration,
+) -> Result<Transfer, String> {
+    let payload = Arc::new(pattern(len, len as u64 ^ 0x7c9));
+    let done = Arc::new(AtomicBool::new(false));
+    let (port_tx, port_rx) = mpsc::channel();
+    let start = Instant::now();
+
+    let (expected, stop) = (payload.clone(), done.clone());
+    let srv = in_netns(server_ns, move || {
+        let l = TcpListener::bind((server, 0)).map_err(|e| format!("bind {server}: {e}"))?;
+        let port = l.local_addr().map_err(|e| e.to_string())?.port();
+        let _ = port_tx.send(port);
+        l.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + timeout;
+        let (mut s, peer) = loop {
+            match l.accept() {
+                Ok(x) => break x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if stop.load(Ordering::Relaxed) || Instant::now() >= deadline {
+                        return Err("no connection accepted".into());
+                    }
+                    thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(format!("accept: {e}")),
+            }
+        };
+        s.set_nonblocking(false).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(timeout))
+            .map_err(|e| e.to_string())?;
+        s.set_write_timeout(Some(timeout))
+            .map_err(|e| e.to_string())?;
+        let got = read_full(&mut s, expected.len())?;
+        if got != *expected {
+            return Err(format!(
+                "payload corrupted: {}",
+                first_difference(&got, &expected)
+            ));
+        }
+        s.write_all(&got).map_err(|e| format!("echo: {e}"))?;
+        let _ = s.shutdown(Shutdown::Write);
+        // Wait for the client to close, so the echo is not cut short by a reset.
+        let mut rest = [0u8; 64];
+        let _ = s.read(&mut rest);
+        Ok(peer)
+    });
+    let Ok(port) = port_rx.recv_timeout(timeout) else {
+        return Err(join(srv, "server")
+            .err()
+            .unwrap_or_else(|| "server gave no port".into()));
+    };
+
+    let sent = payload.clone();
+    let cli = in_netns(client_ns, move || {
+        let to = SocketAddr::new(server, port);
+        let mut s = TcpStream::connect_timeout(&to, timeout)
+            .map_err(|e| format!("connect to {to}: {e}"))?;
+        s.set_read_timeout(Some(timeout))
+            .map_err(|e| e.to_string())?;
+        s.set_write_timeout(Some(timeout))
+            .map_err(|e| e.to_string())?;
+        s.write_all(&sent).map_err(|e| format!("send: {e}"))?;
+        let got = read_full(&mut s, sent.len())?;
+        if got != *sent {
+            return Err(format!("echo corrupted: {}", first_difference(&got, &sent)));
+        }
+        Ok(())
+    });
+    let client_result = join(cli, "client");
+    done.store(true, Ordering::Relaxed);
+    let server_result = join(srv, "server");
+    match (client_result, server_result) {
+        (Ok(()), Ok(peer)) => Ok(Transfer {
+            client_addr: peer,
+            bytes: len,
+            elapsed: start.elapsed(),
+        }),
+        (c, s) => Err(format!(
+            "TCP {client_ns} -> {server_ns} [{server}]:{port} failed: {}; {}",
+            c.err().unwrap_or_else(|| "client: ok".into()),
+            s.err().unwrap_or_else(|| "server: ok".into())
+        )),
+    }
+}
+
+/// Datagram `seq` of a UDP echo run: sequence number, then pseudo-random bytes.
+fn udp_datagram(seq: u32, size: usize) -> Vec<u8> {
+    let mut d = seq.to_be_bytes().to_vec();
+    d.extend(pattern(size - 4, u64::from(seq) + 1));
+    d
+}
+
+fn udp_echo_server(
+    s: &UdpSocket,
+    count: u32,
+    size: usize,
+    stop: &AtomicBool,
+    deadline: Instant,
+) -> Result<SocketAddr, String> {
+    s.set_read_timeout(Some(Duration::from_millis(20)))
+        .map_err(|e| e.to_string())?;
+    let mut seen = HashSet::new();
+    let mut peer = None;
+    let mut buf = vec![0u8; 65536];
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        let (n, from) = match s.recv_from(&mut buf) {
+            Ok(x) => x,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(e) => return Err(format!("recv: {e}")),
+        };
+        let d = &buf[..n];
+        if n < 4 {
+            return Err(format!("runt datagram of {n} bytes from {from}"));
+        }
+        let seq = u32::from_be_bytes([d[0], d[1], d[2], d[3]]);
+        let want = udp_datagram(seq, size);
+        if d != want.as_slice() {
+            return Err(format!(
+                "datagram {seq} corrupted: {}",
+                first_difference(d, &want)
+            ));
+        }
+        seen.insert(seq);
+        peer = Some(from);
+        s.send_to(d, from).map_err(|e| format!("echo: {e}"))?;
+    }
+    if seen.len() == count as usize {
+        peer.ok_or_else(|| "nothing received".into())
+    } else {
+        Err(format!("received {} of {count} datagrams", seen.len()))
+    }
+}
+
+fn udp_echo_client(
+    server: SocketAddr,
+    count: u32,
+    size: usize,
+    deadline: Instant,
+) -> Result<(), String> {
+    let any: IpAddr = if server.is_ipv4() {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        Ipv6Addr::UNSPECIFIED.into()
+    };
+    let s = UdpSocket::bind((any, 0)).map_err(|e| format!("bind: {e}"))?;
+    s.connect(server).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_millis(250)))
+        .map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 65536];
+    for seq in 0..count {
+        let d = udp_datagram(seq, size);
+        'attempt: loop {
+            if Instant::now() >= deadline {
+                return Err(format!("no echo of datagram {seq} (of {count})"));
+            }
+            // ECONNREFUSED from an earlier ICMP error is not fatal here; just retry.
+            let _ = s.send(&d);
+            let wait_until = Instant::now() + Duration::from_millis(250);
+            while Instant::now() < wait_until {
+                match s.recv(&mut buf) {
+                    Ok(n) if buf[..n] == d[..] => break 'attempt,
+                    Ok(n) if n >= 4 && buf[..4] != d[..4] => {} // late echo of a retry
+                    Ok(n) => {
+                        return Err(format!(
+                            "echo of datagram {seq} corrupted: {}",
+                            first_difference(&buf[..n], &d)
+                        ))
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// UDP: a client in `client_ns` sends `count` datagrams of `size` bytes (sequence number +
+/// pseudo-random bytes) to a server on `server`:(ephemeral) in `server_ns`, one at a time; the
+/// server checks each and echoes it back, the client checks the echo. A lost datagram is
+/// retried within the overall `timeout`; corruption fails at once.
+pub fn udp_echo(
+    client_ns: &str,
+    server_ns: &str,
+    server: IpAddr,
+    count: u32,
+    size: usize,
+    timeout: Duration,
+) -> Result<Transfer, String> {
+    assert!(size >= 4, "datagrams carry a 4-byte sequence number");
+    let done = Arc::new(AtomicBool::new(false));
+    let (port_tx, port_rx) = mpsc::channel();
+    let start = Instant::now();
+
+    let stop = done.clone();
+    let srv = in_netns(server_ns, move || {
+        let s = UdpSocket::bind((server, 0)).map_err(|e| format!("bind {server}: {e}"))?;
+        let port = s.local_addr().map_err(|e| e.to_string())?.port();
+        let _ = port_tx.send(port);
+        udp_echo_server(&s, count, size, &stop, Instant::now() + timeout)
+    });
+    let Ok(port) = port_rx.recv_timeout(timeout) else {
+        return Err(join(srv, "server")
+            .err()
+            .unwrap_or_else(|| "server gave no port".into()));
+    };
+    let cli = in_netns(client_ns, move || {
+        udp_echo_client(
+            SocketAddr::new(server, port),
+            count,
+            size,
+            Instant::now() + timeout,
+        )
+    });
+    let client_result = join(cli, "client");
+    done.store(true, Ordering::Relaxed);
+    let server_result = join(srv, "server");
+    match (client_result, server_result) {
+        (Ok(()), Ok(peer)) => Ok(Transfer {
+            client_addr: peer,
+            bytes: count as usize * size,
+            elapsed: start.elapsed(),
+        }),
+        (c, s) => Err(format!(
+            "UDP {client_ns} -> {server_ns} [{server}]:{port} failed: {}; {}",
+            c.err().unwrap_or_else(|| "client: ok".into()),
+            s.err().unwrap_or_else(|| "server: ok".into())
+        )),
+    }
+}
+
+/// A UDP socket bound inside a namespace that hands every datagram it receives to the test
+/// (to check what arrived, e.g. after sending a crafted frame). Stops on drop.
+pub struct UdpSink {
+    pub port: u16,
+    rx: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<Result<(), String>>>,
+}
+
+impl UdpSink {
+    /// Binds `bind`:`port` (0 for ephemeral) in `ns`.
+    #[track_caller]
+    pub fn bind(ns: &str, bind: IpAddr, port: u16) -> UdpSink {
+        let (tx, rx) = mpsc::channel();
+        let (port_tx, port_rx) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let handle = in_netns(ns, move || {
+            let s =
+                UdpSocket::bind((bind, port)).map_err(|e| format!("bind {bind}:{port}: {e}"))?;
+            let _ = port_tx.send(s.local_addr().map_err(|e| e.to_string())?.port());
+            s.set_read_timeout(Some(Duration::from_millis(20)))
+                .map_err(|e| e.to_string())?;
+            let mut buf = vec![0u8; 65536];
+            while !stop2.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = s.recv_from(&mut buf) {
+                    if tx.send((from, buf[..n].to_vec())).is_err() {
+                        break;
+                    }
+                }
+            }
+            Ok(())
+        });
+        let Ok(port) = port_rx.recv_timeout(Duration::from_secs(10)) else {
+            panic!(
+                "UDP sink in {ns}: {}",
+                join(handle, "sink").err().unwrap_or_default()
+            );
+        };
+        UdpSink {
+            port,
+            rx,
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// Waits up to `timeout` for a datagram with exactly `payload`; returns its source.
+    pub fn expect(&self, payload: &[u8], timeout: Duration) -> Option<SocketAddr> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok((from, d)) if d == payload => return Some(from),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+impl Drop for UdpSink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Sends one Ethernet frame out of interface `ifname` of namespace `ns` through an AF_PACKET
+/// socket (the frame is sent as is: no ARP, no routing, any addresses).
+pub fn send_frame(ns: &str, ifname: &str, frame: &[u8]) -> Result<(), String> {
+    let ifname = ifname.to_string();
+    let frame = frame.to_vec();
+    join(
+        in_netns(ns, move || send_frame_here(&ifname, &frame)),
+        "raw sender",
+    )
+}
+
+fn send_frame_here(ifname: &str, frame: &[u8]) -> Result<(), String> {
+    let name = std::ffi::CString::new(ifname).map_err(|e| e.to_string())?;
+    // SAFETY: valid NUL-terminated name; the lookup uses this thread's network namespace.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if ifindex == 0 {
+        return Err(format!(
+            "no interface {ifname}: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    // Protocol 0: send only, never receives.
+    // SAFETY: plain socket(2) call.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(format!("socket(AF_PACKET): {}", io::Error::last_os_error()));
+    }
+    // SAFETY: fd is a fresh socket we own; OwnedFd closes it.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = u16::try_from(libc::AF_PACKET).expect("AF_PACKET fits u16");
+    sll.sll_ifindex = i32::try_from(ifindex).map_err(|e| e.to_string())?;
+    sll.sll_halen = 6;
+    sll.sll_addr[..6].copy_from_slice(&frame[..6]);
+    // SAFETY: buffer and address are valid for the given lengths.
+    let n = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            std::ptr::addr_of!(sll).cast(),
+            u32::try_from(std::mem::size_of::<libc::sockaddr_ll>()).expect("small"),
+        )
+    };
+    if n < 0 {
+        return Err(format!(
+            "sendto on {ifname}: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    if usize::try_from(n).ok() != Some(frame.len()) {
+        return Err(format!("sent {n} of {} bytes", frame.len()));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Crafted frames
+// ---------------------------------------------------------------------------------------------
+
+/// Builders for crafted Ethernet frames (all checksums computed).
+pub mod frame {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    pub const ETH_P_IP: u16 = 0x0800;
+    pub const ETH_P_ARP: u16 = 0x0806;
+    pub const ETH_P_IPV6: u16 = 0x86dd;
+    pub const IPPROTO_UDP: u8 = 17;
+    pub const IPPROTO_ICMPV6: u8 = 58;
+    pub const BROADCAST_MAC: [u8; 6] = [0xff; 6];
+
+    /// RFC 1071 Internet checksum over `data` (odd length padded with zero).
+    pub fn checksum(data: &[u8]) -> u16 {
+        let mut sum: u32 = data
+            .chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+            .sum();
+        while sum >> 16 != 0 {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !u16::try_from(sum).expect("folded to 16 bits")
+    }
+
+    fn len16(n: usize) -> [u8; 2] {
+        u16::try_from(n).expect("fits 16 bits").to_be_bytes()
+    }
+
+    pub fn ethernet(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+        let mut f = Vec::with_capacity(14 + payload.len());
+        f.extend_from_slice(&dst);
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// IPv4 header (no options, DF set, id 0) + payload.
+    pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, proto: u8, payload: &[u8]) -> Vec<u8> {
+        let mut h = vec![0x45, 0];
+        h.extend_from_slice(&len16(20 + payload.len()));
+        h.extend_from_slice(&[0, 0, 0x40, 0, ttl, proto, 0, 0]);
+        h.extend_from_slice(&src.octets());
+        h.extend_from_slice(&dst.octets());
+        let c = checksum(&h).to_be_bytes();
+        h[10] = c[0];
+        h[11] = c[1];
+        h.extend_from_slice(payload);
+        h
+    }
+
+    /// IPv6 header + payload.
+    pub fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, hop_limit: u8, next: u8, payload: &[u8]) -> Vec<u8> {
+        let mut h = vec![0x60, 0, 0, 0];
+        h.extend_from_slice(&len16(payload.len()));
+        h.extend_from_slice(&[next, hop_limit]);
+        h.extend_from_slice(&src.octets());
+        h.extend_from_slice(&dst.octets());
+        h.extend_from_slice(payload);
+        h
+    }
+
+    fn l4_checksum(pseudo: &[u8], segment: &[u8]) -> u16 {
+        let mut all = pseudo.to_vec();
+        all.extend_from_slice(segment);
+        checksum(&all)
+    }
+
+    fn udp(sport: u16, dport: u16, data: &[u8]) -> Vec<u8> {
+        let mut u = Vec::with_capacity(8 + data.len());
+        u.extend_from_slice(&sport.to_be_bytes());
+        u.extend_from_slice(&dport.to_be_bytes());
+        u.extend_from_slice(&len16(8 + data.len()));
+        u.extend_from_slice(&[0, 0]);
+        u.extend_from_slice(data);
+        u
+    }
+
+    fn set_udp_checksum(u: &mut [u8], c: u16) {
+        let c = if c == 0 { 0xffff } else { c };
+        u[6..8].copy_from_slice(&c.to_be_bytes());
+    }
+
+    /// UDP datagram over IPv4 (checksummed).
+    pub fn udp4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, data: &[u8]) -> Vec<u8> {
+        let mut u = udp(sport, dport, data);
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&src.octets());
+        pseudo.extend_from_slice(&dst.octets());
+        pseudo.extend_from_slice(&[0, IPPROTO_UDP]);
+        pseudo.extend_from_slice(&len16(u.len()));
+        let c = l4_checksum(&pseudo, &u);
+        set_udp_checksum(&mut u, c);
+        u
+    }
+
+    fn pseudo6(src: Ipv6Addr, dst: Ipv6Addr, len: usize, next: u8) -> Vec<u8> {
+        let mut p = Vec::new();
+        p.extend_from_slice(&src.octets());
+        p.extend_from_slice(&dst.octets());
+        p.extend_from_slice(&u32::try_from(len).expect("fits").to_be_bytes());
+        p.extend_from_slice(&[0, 0, 0, next]);
+        p
+    }
+
+    /// UDP datagram over IPv6 (checksummed, as IPv6 requires).
+    pub fn udp6(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, data: &[u8]) -> Vec<u8> {
+        let mut u = udp(sport, dport, data);
+        let c = l4_checksum(&pseudo6(src, dst, u.len(), IPPROTO_UDP), &u);
+        set_udp_checksum(&mut u, c);
+        u
+    }
+
+    /// Ethernet + IPv4 + UDP.
+    #[allow(clippy::too_many_arguments)]
+    pub fn udp4_frame(
+        dst_mac: [u8; 6],
+        src_mac: [u8; 6],
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        ttl: u8,
+        sport: u16,
+        dport: u16,
+        data: &[u8],
+    ) -> Vec<u8> {
+        let ip = ipv4(
+            src,
+            dst,
+            ttl,
+            IPPROTO_UDP,
+            &udp4(src, dst, sport, dport, data),
+        );
+        ethernet(dst_mac, src_mac, ETH_P_IP, &ip)
+    }
+
+    /// Ethernet + IPv6 + UDP.
+    #[allow(clippy::too_many_arguments)]
+    pub fn udp6_frame(
+        dst_mac: [u8; 6],
+        src_mac: [u8; 6],
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        hop_limit: u8,
+        sport: u16,
+        dport: u16,
+        data: &[u8],
+    ) -> Vec<u8> {
+        let ip = ipv6(
+            src,
+            dst,
+            hop_limit,
+            IPPROTO_UDP,
+            &udp6(src, dst, sport, dport, data),
+        );
+        ethernet(dst_mac, src_mac, ETH_P_IPV6, &ip)
+    }
+
+    /// Broadcast ARP request "who has `target`? tell `sender_ip`".
+    pub fn arp_request(sender_mac: [u8; 6], sender_ip: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+        let mut a = vec![0, 1, 0x08, 0x00, 6, 4, 0, 1];
+        a.extend_from_slice(&sender_mac);
+        a.extend_from_slice(&sender_ip.octets());
+        a.extend_from_slice(&[0; 6]);
+        a.extend_from_slice(&target.octets());
+        ethernet(BROADCAST_MAC, sender_mac, ETH_P_ARP, &a)
+    }
+
+    /// Solicited-node multicast address of `addr` (ff02::1:ffXX:XXXX).
+    pub fn solicited_node(addr: Ipv6Addr) -> Ipv6Addr {
+        let o = addr.octets();
+        Ipv6Addr::new(
+            0xff02,
+            0,
+            0,
+            0,
+            0,
+            1,
+            0xff00 | u16::from(o[13]),
+            u16::from_be_bytes([o[14], o[15]]),
+        )
+    }
+
+    /// Ethernet multicast MAC of an IPv6 multicast address (33:33 + low 32 bits).
+    pub fn ipv6_multicast_mac(addr: Ipv6Addr) -> [u8; 6] {
+        let o = addr.octets();
+        [0x33, 0x33, o[12], o[13], o[14], o[15]]
+    }
+
+    /// Ethernet multicast MAC of an IPv4 multicast address (01:00:5e + low 23 bits).
+    pub fn ipv4_multicast_mac(addr: Ipv4Addr) -> [u8; 6] {
+        let o = addr.octets();
+        [0x01, 0x00, 0x5e, o[1] & 0x7f, o[2], o[3]]
+    }
+
+    /// ICMPv6 neighbour solicitation for `target` (with a source link-layer address option),
+    /// from `src` to `dst` (the solicited-node group for resolution, or the target itself for
+    /// a unicast reachability probe), hop limit 255, in an Ethernet frame to `dst_mac`.
+    pub fn neighbour_solicitation(
+        dst_mac: [u8; 6],
+        src_mac: [u8; 6],
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        target: Ipv6Addr,
+    ) -> Vec<u8> {
+        let mut m = vec![135, 0, 0, 0, 0, 0, 0, 0];
+        m.extend_from_slice(&target.octets());
+        m.extend_from_slice(&[1, 1]);
+        m.extend_from_slice(&src_mac);
+        let c = l4_checksum(&pseudo6(src, dst, m.len(), IPPROTO_ICMPV6), &m);
+        m[2..4].copy_from_slice(&c.to_be_bytes());
+        ethernet(
+            dst_mac,
+            src_mac,
+            ETH_P_IPV6,
+            &ipv6(src, dst, 255, IPPROTO_ICMPV6, &m),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksum_of_known_ipv4_header() {
+        // Example header from RFC 1071 discussions / Wikipedia: checksum 0xb861.
+        let h = [
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8,
+            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
+        ];
+        assert_eq!(frame::checksum(&h), 0xb861);
+        let mut with = h;
+        with[10..12].copy_from_slice(&0xb861u16.to_be_bytes());
+        assert_eq!(frame::checksum(&with), 0);
+    }
+
+    #[test]
+    fn udp6_checksum_verifies() {
+        let (s, d) = ("fd00::1".parse().unwrap(), "fd00::2".parse().unwrap());
+        let f = frame::udp6_frame([0; 6], [0; 6], s, d, 64, 1, 2, b"hello");
+        let udp = &f[54..];
+        let mut p = Vec::new();
+        p.extend_from_slice(&s.octets());
+        p.extend_from_slice(&d.octets());
+        p.extend_from_slice(&u32::try_from(udp.len()).unwrap().to_be_bytes());
+        p.extend_from_slice(&[0, 0, 0, 17]);
+        p.extend_from_slice(udp);
+        assert_eq!(frame::checksum(&p), 0);
+    }
+
+    #[test]
+    fn addressing_matches_the_bench_script() {
+        assert_eq!(Bench::v4_of(1), Ipv4Addr::new(10, 244, 0, 1));
+        assert_eq!(Bench::v4_of(256), Ipv4Addr::new(10, 244, 1, 0));
+        assert_eq!(Bench::v6_of(0x3e8).to_string(), "fd00::3e8");
+        assert_eq!(
+            frame::solicited_node("fd00::1:2".parse().unwrap()).to_string(),
+            "ff02::1:ff01:2"
+        );
+        assert_eq!(base36(35, 2), "0z");
+        assert_eq!(base36(4_194_304, 5), "2hwcg");
+    }
+
+    #[test]
+    fn ethtool_features_parse() {
+        let f = parse_ethtool_features(
+            "Features for eth0:\nrx-checksumming: on\ntx-checksumming: off\n\
+             \ttx-checksum-ip-generic: off [fixed]\ngeneric-receive-offload: on\n",
+        );
+        assert_eq!(f["tx-checksumming"], "off");
+        assert_eq!(f["tx-checksum-ip-generic"], "off");
+        assert_eq!(f["generic-receive-offload"], "on");
+    }
+}

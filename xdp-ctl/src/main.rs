@@ -138,7 +138,10 @@ fn check_privileges() -> Result<()> {
     Ok(())
 }
 
-#[expect(clippy::too_many_lines, reason = "one flat dispatch over the subcommands reads best")]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one flat dispatch over the subcommands reads best"
+)]
 fn run(cli: &Cli) -> Result<()> {
     check_privileges()?;
     if let Some(name) = &cli.netns {

@@ -8,8 +8,7 @@ use aya_ebpf::maps::lpm_trie::Key;
 use common::{
     pkt::{
         csum_after_ttl_decrement, icmpv6_is_ndp, ipv4_is_forwardable_unicast,
-        ipv6_is_extension_header, ipv6_is_forwardable_unicast, IPPROTO_ICMPV6,
-        IPV6_NEXT_FRAGMENT,
+        ipv6_is_extension_header, ipv6_is_forwardable_unicast, IPPROTO_ICMPV6, IPV6_NEXT_FRAGMENT,
     },
     Endpoint, Reason,
 };
@@ -125,13 +124,18 @@ fn decide_v4(pkt: &Packet, ingress: u32, eth: &[u8; ETH_HLEN]) -> Result<Forward
     if eth[0] & 1 != 0 || !ipv4_is_forwardable_unicast(dst) {
         return Err(Reason::NotUnicast);
     }
-    let dst_ep = ENDPOINTS_V4.get(Key::new(32, dst)).ok_or(Reason::NoEndpoint)?;
+    let dst_ep = ENDPOINTS_V4
+        .get(Key::new(32, dst))
+        .ok_or(Reason::NoEndpoint)?;
     let src_ep = ENDPOINTS_V4.get(Key::new(32, src));
     let endpoint = check_endpoints(ingress, eth, dst_ep, src_ep)?;
     if ip[8] <= 1 {
         return Err(Reason::TtlExpired);
     }
-    Ok(Forward { endpoint, l3: L3::V4 })
+    Ok(Forward {
+        endpoint,
+        l3: L3::V4,
+    })
 }
 
 #[inline(always)]
@@ -161,20 +165,24 @@ fn decide_v6(pkt: &Packet, ingress: u32, eth: &[u8; ETH_HLEN]) -> Result<Forward
         return Err(Reason::NotUnicast);
     }
     if next == IPPROTO_ICMPV6 {
-        let icmp_type: *const u8 =
-            pkt.ptr_at(ETH_HLEN + IPV6_HLEN).ok_or(Reason::Malformed)?;
+        let icmp_type: *const u8 = pkt.ptr_at(ETH_HLEN + IPV6_HLEN).ok_or(Reason::Malformed)?;
         // SAFETY: bounds checked by ptr_at.
         if icmpv6_is_ndp(unsafe { *icmp_type }) {
             return Err(Reason::Ndp);
         }
     }
-    let dst_ep = ENDPOINTS_V6.get(Key::new(128, dst)).ok_or(Reason::NoEndpoint)?;
+    let dst_ep = ENDPOINTS_V6
+        .get(Key::new(128, dst))
+        .ok_or(Reason::NoEndpoint)?;
     let src_ep = ENDPOINTS_V6.get(Key::new(128, src));
     let endpoint = check_endpoints(ingress, eth, dst_ep, src_ep)?;
     if ip[7] <= 1 {
         return Err(Reason::TtlExpired);
     }
-    Ok(Forward { endpoint, l3: L3::V6 })
+    Ok(Forward {
+        endpoint,
+        l3: L3::V6,
+    })
 }
 
 /// Rules 3 and 4 of the design: both ends are meshed local pods, on different veths, and the

@@ -1,0 +1,353 @@
+#!/usr/bin/env bash
+# Builds (and tears down) the routed, Calico-style pod bench of DESIGN.md section 1 entirely
+# inside network namespaces, so the real host's interfaces, routes, sysctls and firewall are
+# never touched:
+#
+#   ${PREFIX}-pod<i>: eth0 10.244.<i>>8>.<i&255>/32 + fd00::<i hex>/128,
+#                     default via 169.254.1.1 (v4, onlink) and fe80::1 (v6),
+#                     permanent neighbours for both gateways -> host-veth MAC
+#   ${PREFIX}-node:   ${PREFIX}h<i> (host side of pod i's veth), no address, proxy_arp=1,
+#                     /32 and /128 routes to each pod, permanent neighbours -> pod MACs,
+#                     forwarding on, optionally K never-matching FORWARD rules
+#
+# MACs are deterministic: pod eth0 02:00:00:00:HH:LL, host side 02:00:00:01:HH:LL, HHLL = i.
+set -euo pipefail
+
+# A reader that goes away (`... | head`) must not kill us half-way through set-up or clean-up:
+# writes to a closed stdout just fail (and logging ignores that).
+trap '' PIPE
+
+PROG=$(basename "$0")
+DEFAULT_PREFIX=xfp
+DEFAULT_PODS=2
+MAX_PODS=65535
+IFNAMSIZ_MAX=15
+
+usage() {
+  cat <<EOF
+Usage:
+  ${PROG} up [N] [--name PREFIX] [--forward-rules K]
+  ${PROG} down [--name PREFIX]
+  ${PROG} help
+
+Builds the routed pod-to-pod bench of DESIGN.md section 1 inside network namespaces only.
+
+  up      Create namespace PREFIX-node (the "node": forwarding on, proxy_arp on its veths) and
+          N pod namespaces PREFIX-pod1..PREFIX-podN, each with eth0 <-veth-> PREFIXh<i> in the
+          node namespace. Pod i gets 10.244.(i>>8).(i&255)/32 and fd00::<i in hex>/128.
+          Fails if namespaces with this prefix already exist. On failure, everything it
+          created is removed again.
+  down    Delete every PREFIX-node / PREFIX-pod<i> namespace (their veths go with them).
+          Idempotent: nothing to delete is not an error.
+
+Options:
+  N                    number of pods, 1..${MAX_PODS} (default ${DEFAULT_PODS})
+  --name PREFIX        namespace/interface prefix, letters and digits (default ${DEFAULT_PREFIX});
+                       PREFIXh<N> must fit in ${IFNAMSIZ_MAX} characters
+  --forward-rules K    load K never-matching rules into the node's iptables and ip6tables
+                       FORWARD chains (emulates kube-proxy/CNI rule load; default 0)
+
+Examples:
+  ${PROG} up 2
+  ip netns exec ${DEFAULT_PREFIX}-pod1 ping -c1 10.244.0.2
+  ${PROG} up 1000 --name b --forward-rules 2000
+  ${PROG} down
+EOF
+}
+
+say() { printf '[bench-netns] %s\n' "$*" 2>/dev/null || true; }
+die() {
+  printf '[bench-netns] error: %s\n' "$*" >&2
+  exit 1
+}
+usage_error() {
+  printf '[bench-netns] error: %s\n' "$*" >&2
+  printf "Run '%s help' for usage.\n" "${PROG}" >&2
+  exit 2
+}
+
+is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
+
+# --- naming and addressing (pure helpers) -------------------------------------------------
+
+node_ns() { printf '%s-node' "$PREFIX"; }
+pod_ns() { printf '%s-pod%d' "$PREFIX" "$1"; }
+host_if() { printf '%sh%d' "$PREFIX" "$1"; }
+
+# Sets P_NS P_HV P_V4 P_V6 P_MAC P_HMAC for pod $1 without forking (loops over 1000 pods).
+pod_vars() {
+  local i=$1 hi=$(($1 >> 8)) lo=$(($1 & 255))
+  printf -v P_NS '%s-pod%d' "$PREFIX" "$i"
+  printf -v P_HV '%sh%d' "$PREFIX" "$i"
+  printf -v P_V4 '10.244.%d.%d' "$hi" "$lo"
+  printf -v P_V6 'fd00::%x' "$i"
+  printf -v P_MAC '02:00:00:00:%02x:%02x' "$hi" "$lo"
+  printf -v P_HMAC '02:00:00:01:%02x:%02x' "$hi" "$lo"
+}
+
+# Our namespaces, exactly: PREFIX-node and PREFIX-pod<digits> (never a longer prefix's).
+list_ours() {
+  ip netns list 2>/dev/null | awk '{print $1}' \
+    | grep -E "^${PREFIX}-(node|pod[0-9]+)\$" || true
+}
+
+# --- down -------------------------------------------------------------------------------
+
+do_down() {
+  local ours count
+  ours=$(list_ours)
+  if [ -z "$ours" ]; then
+    say "nothing to remove for prefix '${PREFIX}'"
+    return 0
+  fi
+  count=$(printf '%s\n' "$ours" | wc -l)
+  say "deleting ${count} namespace(s) with prefix '${PREFIX}' (their veths go with them)"
+  # -force: keep deleting the others if one fails; checked below.
+  printf '%s\n' "$ours" | sed 's/^/netns del /' | ip -force -batch - || true
+  ours=$(list_ours)
+  if [ -n "$ours" ]; then
+    die "could not delete: $(printf '%s ' $ours)"
+  fi
+  say "down: done"
+}
+
+# --- up ---------------------------------------------------------------------------------
+
+UP_COMPLETE=0
+TMPDIR_UP=""
+
+cleanup_failed_up() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if [ -n "$TMPDIR_UP" ]; then rm -rf -- "$TMPDIR_UP"; fi
+  if [ "$UP_COMPLETE" -ne 1 ]; then
+    printf '[bench-netns] error: up did not complete (status %d); removing what it created\n' "$rc" >&2
+    do_down || true
+    [ "$rc" -ne 0 ] || rc=1
+  fi
+  exit "$rc"
+}
+
+print_summary() {
+  local n=$1 rules=$2 start=$3 node i
+  node=$(node_ns)
+  local elapsed
+  elapsed=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')
+  say "up: done in ${elapsed}s"
+  echo
+  echo "node namespace: ${node} (ip_forward=1, ipv6 forwarding=1, FORWARD rules: ${rules} v4 + ${rules} v6)"
+  echo "pods: ${n}"
+  printf '  %-16s %-16s %-15s %-22s %-18s %s\n' NAMESPACE HOST-VETH IPV4 IPV6 POD-MAC HOST-MAC
+  local shown=$n
+  if [ "$n" -gt 20 ]; then shown=10; fi
+  for ((i = 1; i <= n; i++)); do
+    if [ "$i" -gt "$shown" ] && [ "$i" -lt "$n" ]; then
+      if [ "$i" -eq $((shown + 1)) ]; then echo "  ... ($((n - shown - 1)) more)"; fi
+      continue
+    fi
+    pod_vars "$i"
+    printf '  %-16s %-16s %-15s %-22s %-18s %s\n' "$P_NS" "$P_HV" "$P_V4" "$P_V6" "$P_MAC" "$P_HMAC"
+  done
+  echo
+  pod_vars "$n"
+  echo "try: ip netns exec $(pod_ns 1) ping -c1 ${P_V4}"
+  echo "tear down: ${PROG} down --name ${PREFIX}"
+}
+
+do_up() {
+  local n=$1 rules=$2 i node existing start
+  node=$(node_ns)
+  start=$(date +%s.%N)
+
+  existing=$(list_ours)
+  if [ -n "$existing" ]; then
+    die "namespaces with prefix '${PREFIX}' already exist ($(printf '%s\n' "$existing" | wc -l)); run '${PROG} down --name ${PREFIX}' first"
+  fi
+  for tool in ip iptables-restore ip6tables-restore sysctl; do
+    command -v "$tool" >/dev/null || die "'$tool' not found (scripts/bootstrap.sh installs it)"
+  done
+
+  TMPDIR_UP=$(mktemp -d /tmp/bench-netns.XXXXXX)
+  trap cleanup_failed_up EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+
+  say "creating namespaces: ${node} and ${n} pod namespace(s) $(pod_ns 1)..$(pod_ns "$n")"
+  {
+    echo "netns add ${node}"
+    for ((i = 1; i <= n; i++)); do
+      pod_vars "$i"
+      echo "netns add ${P_NS}"
+    done
+  } >"$TMPDIR_UP/netns.batch"
+  ip -batch "$TMPDIR_UP/netns.batch"
+
+  say "node ${node}: lo up, ip_forward=1, ipv6 forwarding=1, proxy_arp and accept_dad=0 by default"
+  # All inside the node namespace only; "default" makes the veths created below inherit.
+  ip netns exec "$node" sysctl -q -w \
+    net.ipv4.ip_forward=1 \
+    net.ipv6.conf.all.forwarding=1 \
+    net.ipv4.conf.default.proxy_arp=1 \
+    net.ipv6.conf.all.accept_dad=0 \
+    net.ipv6.conf.default.accept_dad=0 >/dev/null
+  ip -n "$node" link set lo up
+
+  say "creating ${n} veth pair(s): $(host_if 1)..$(host_if "$n") in ${node} <-> eth0 in each pod"
+  for ((i = 1; i <= n; i++)); do
+    pod_vars "$i"
+    # Both ends are created directly in their namespaces: nothing appears in the host's.
+    echo "link add ${P_HV} address ${P_HMAC} netns ${node} type veth" \
+      "peer name eth0 address ${P_MAC} netns ${P_NS}"
+  done >"$TMPDIR_UP/veth.batch"
+  ip -batch "$TMPDIR_UP/veth.batch"
+
+  say "node ${node}: links up, proxy_arp=1, /32 + /128 routes and permanent neighbours per pod"
+  local sysctl_args=()
+  for ((i = 1; i <= n; i++)); do
+    pod_vars "$i"
+    echo "link set ${P_HV} up"
+    echo "route add ${P_V4}/32 dev ${P_HV} scope link"
+    echo "route add ${P_V6}/128 dev ${P_HV}"
+    echo "neigh replace ${P_V4} lladdr ${P_MAC} dev ${P_HV} nud permanent"
+    echo "neigh replace ${P_V6} lladdr ${P_MAC} dev ${P_HV} nud permanent"
+    sysctl_args+=("net.ipv4.conf.${P_HV}.proxy_arp=1")
+  done >"$TMPDIR_UP/node.batch"
+  ip -n "$node" -batch "$TMPDIR_UP/node.batch"
+  # Explicit as well as inherited from "default" above (one process for all veths).
+  ip netns exec "$node" sysctl -q -w "${sysctl_args[@]}" >/dev/null
+
+  say "pods: eth0 up, addresses (v6 nodad), gateway routes, permanent gateway neighbours"
+  mkdir "$TMPDIR_UP/pods"
+  for ((i = 1; i <= n; i++)); do
+    pod_vars "$i"
+    cat >"$TMPDIR_UP/pods/${P_NS}" <<EOF
+link set lo up
+link set eth0 up
+addr add ${P_V4}/32 dev eth0
+addr add ${P_V6}/128 dev eth0 nodad
+route add 169.254.1.1/32 dev eth0 scope link
+route add default via 169.254.1.1 dev eth0
+neigh replace 169.254.1.1 lladdr ${P_HMAC} dev eth0 nud permanent
+route add ::/0 via fe80::1 dev eth0
+neigh replace fe80::1 lladdr ${P_HMAC} dev eth0 nud permanent
+EOF
+    printf '%s\n' "$P_NS"
+  done >"$TMPDIR_UP/pods.list"
+  # One ip process per pod namespace (ip cannot switch namespaces inside a batch), run on
+  # all CPUs. xargs exits non-zero if any of them failed; ip names the failing line.
+  (cd "$TMPDIR_UP/pods" && xargs -P "$(nproc)" -I{} ip -n {} -batch {} <"$TMPDIR_UP/pods.list") \
+    || die "configuring the pod namespaces failed (see the ip error above)"
+
+  if [ "$rules" -gt 0 ]; then
+    say "node ${node}: loading ${rules} never-matching FORWARD rules into iptables and ip6tables"
+    local k
+    {
+      echo '*filter'
+      for ((k = 0; k < rules; k++)); do
+        # 198.18.0.0/15 (benchmarking range) never carries pod traffic.
+        printf -- '-A FORWARD -s 198.18.%d.%d/32 -d 198.19.0.0/16 -p tcp -m tcp --dport %d -j DROP\n' \
+          $(((k >> 8) & 255)) $((k & 255)) $((1024 + k % 60000))
+      done
+      echo 'COMMIT'
+    } >"$TMPDIR_UP/rules4"
+    {
+      echo '*filter'
+      for ((k = 0; k < rules; k++)); do
+        # 2001:db8::/32 (documentation range) never carries pod traffic.
+        printf -- '-A FORWARD -s 2001:db8::%x/128 -d 2001:db8:1::/64 -p tcp -m tcp --dport %d -j DROP\n' \
+          "$k" $((1024 + k % 60000))
+      done
+      echo 'COMMIT'
+    } >"$TMPDIR_UP/rules6"
+    ip netns exec "$node" iptables-restore --noflush <"$TMPDIR_UP/rules4"
+    ip netns exec "$node" ip6tables-restore --noflush <"$TMPDIR_UP/rules6"
+    local got
+    got=$(ip netns exec "$node" iptables -S FORWARD | grep -c '^-A FORWARD' || true)
+    [ "$got" -eq "$rules" ] || die "expected ${rules} iptables FORWARD rules in ${node}, found ${got}"
+  fi
+
+  UP_COMPLETE=1
+  rm -rf -- "$TMPDIR_UP"
+  TMPDIR_UP=""
+  trap - EXIT INT TERM
+
+  print_summary "$n" "$rules" "$start" 2>/dev/null || true
+}
+
+# --- argument parsing -------------------------------------------------------------------
+
+[ $# -ge 1 ] || {
+  usage >&2
+  exit 2
+}
+CMD=$1
+shift
+case "$CMD" in
+  -h | --help | help)
+    usage
+    exit 0
+    ;;
+  up | down) ;;
+  *) usage_error "unknown command '$CMD' (expected up, down or help)" ;;
+esac
+
+PREFIX=$DEFAULT_PREFIX
+PODS=""
+RULES=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -h | --help)
+      usage
+      exit 0
+      ;;
+    --name)
+      [ $# -ge 2 ] || usage_error "--name needs a value"
+      PREFIX=$2
+      shift 2
+      ;;
+    --name=*)
+      PREFIX=${1#--name=}
+      shift
+      ;;
+    --forward-rules)
+      [ "$CMD" = up ] || usage_error "--forward-rules only applies to 'up'"
+      [ $# -ge 2 ] || usage_error "--forward-rules needs a value"
+      RULES=$2
+      shift 2
+      ;;
+    --forward-rules=*)
+      [ "$CMD" = up ] || usage_error "--forward-rules only applies to 'up'"
+      RULES=${1#--forward-rules=}
+      shift
+      ;;
+    -*) usage_error "unknown option '$1'" ;;
+    *)
+      [ "$CMD" = up ] || usage_error "'down' takes no pod count (got '$1')"
+      [ -z "$PODS" ] || usage_error "pod count given twice ('$PODS' and '$1')"
+      PODS=$1
+      shift
+      ;;
+  esac
+done
+PODS=${PODS:-$DEFAULT_PODS}
+
+[[ $PREFIX =~ ^[A-Za-z0-9]+$ ]] || usage_error "prefix '$PREFIX' must be letters and digits only"
+{ is_uint "$PODS" && [ "${#PODS}" -le 6 ]; } || usage_error "pod count '$PODS' is not a number 1..${MAX_PODS}"
+{ is_uint "$RULES" && [ "${#RULES}" -le 7 ]; } || usage_error "--forward-rules '$RULES' is not a number 0..1000000"
+PODS=$((10#$PODS))
+RULES=$((10#$RULES))
+if [ "$CMD" = up ]; then
+  [ "$PODS" -ge 1 ] && [ "$PODS" -le "$MAX_PODS" ] || usage_error "pod count must be 1..${MAX_PODS} (got ${PODS})"
+  longest="${PREFIX}h${PODS}"
+  [ "${#longest}" -le "$IFNAMSIZ_MAX" ] \
+    || usage_error "interface name '${longest}' is longer than ${IFNAMSIZ_MAX} characters; use a shorter --name"
+  [ "$RULES" -le 1000000 ] || usage_error "--forward-rules ${RULES} is unreasonably large"
+fi
+
+[ "$(id -u)" -eq 0 ] || die "must run as root (network namespaces need CAP_SYS_ADMIN and CAP_NET_ADMIN)"
+command -v ip >/dev/null || die "'ip' (iproute2) not found (scripts/bootstrap.sh installs it)"
+
+case "$CMD" in
+  up) do_up "$PODS" "$RULES" ;;
+  down) do_down ;;
+esac
