@@ -95,6 +95,14 @@ impl Prefix {
     }
 }
 
+/// The error for commands that need an existing datapath.
+pub fn nothing_attached(pins: &PinDir) -> anyhow::Error {
+    anyhow!(
+        "nothing is attached under {} (no pinned maps); run `xdp-ctl attach IFACE` first",
+        pins.root().display()
+    )
+}
+
 fn take<T: TryFrom<Map, Error = aya::maps::MapError>>(ebpf: &mut Ebpf, name: &str) -> Result<T> {
     let map = ebpf
         .take_map(name)
@@ -124,10 +132,7 @@ impl Maps {
     /// Opens the pinned maps; a clear error if there are none.
     pub fn open_pinned(pins: &PinDir) -> Result<Self> {
         if !pins.has_maps() {
-            return Err(anyhow!(
-                "nothing is attached under {} (no pinned maps); run `xdp-ctl attach IFACE` first",
-                pins.root().display()
-            ));
+            return Err(nothing_attached(pins));
         }
         Ok(Self {
             v4: open(pins, map_names::ENDPOINTS_V4)?,

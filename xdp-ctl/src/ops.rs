@@ -459,8 +459,7 @@ pub fn detach(pins: &PinDir, ifaces: Option<&[String]>) -> Result<Vec<DetachRepo
         }
         return Ok(Vec::new());
     }
-    let _lock = pins.lock()?;
-    let mut maps = Maps::open_pinned(pins)?;
+    let (_lock, mut maps) = lock_pinned(pins)?;
     let mut rtnl = Rtnl::new().context("opening rtnetlink")?;
     let atts = maps.attachments()?;
     let targets: Vec<Attachment> = match ifaces {
@@ -514,6 +513,15 @@ pub fn detach(pins: &PinDir, ifaces: Option<&[String]>) -> Result<Vec<DetachRepo
 // ---------------------------------------------------------------------------------------------
 // endpoints
 
+/// Takes the lock, then opens the pinned maps; "nothing attached" when there are none.
+fn lock_pinned(pins: &PinDir) -> Result<(crate::pin::PinLock, Maps)> {
+    if !pins.root().exists() {
+        return Err(crate::maps::nothing_attached(pins));
+    }
+    let lock = pins.lock()?;
+    Ok((lock, Maps::open_pinned(pins)?))
+}
+
 #[derive(Debug, Serialize)]
 pub struct EndpointView {
     pub prefix: String,
@@ -536,8 +544,7 @@ pub fn endpoint_add(
     let link = rtnl
         .link_by_name(iface)?
         .ok_or_else(|| anyhow!("unknown interface {iface}"))?;
-    let _lock = pins.lock()?;
-    let mut maps = Maps::open_pinned(pins)?;
+    let (_lock, mut maps) = lock_pinned(pins)?;
     if maps.attachment(link.index).is_none() {
         bail!(
             "{iface} is not attached; run `xdp-ctl attach {iface}` first (its pod side must be \
@@ -573,8 +580,7 @@ pub fn endpoint_add(
 
 pub fn endpoint_del(pins: &PinDir, prefix: Prefix) -> Result<()> {
     pins.check_bpffs()?;
-    let _lock = pins.lock()?;
-    let mut maps = Maps::open_pinned(pins)?;
+    let (_lock, mut maps) = lock_pinned(pins)?;
     if !maps.remove_endpoint(prefix)? {
         bail!("no endpoint {prefix}");
     }
