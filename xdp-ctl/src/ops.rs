@@ -32,7 +32,8 @@ use crate::{
 pub enum Mode {
     /// Driver mode (veth supports it): the fast one. Needs pod-side preparation.
     Native,
-    /// Generic (skb) mode: slower, for testing or drivers without native XDP.
+    /// Generic (skb) mode: slower, for testing or drivers without native XDP. The pod side is
+    /// prepared all the same, since native programs on other veths may redirect into it.
     Skb,
 }
 
@@ -110,8 +111,8 @@ impl Peer {
             .ok_or_else(|| {
                 anyhow!(
                     "cannot find the network namespace of {}'s peer (netns id {nsid}): it is not \
-                     under /run/netns and no process runs in it; name it (`ip netns attach NAME PID`) \
-                     or attach with --mode skb, which needs no pod-side preparation",
+                     under /run/netns and no process runs in it; name it with \
+                     `ip netns attach NAME PID` and retry",
                     link.name
                 )
             })?;
@@ -340,12 +341,11 @@ fn attach_one(
         name: name_bytes(&link.name),
     };
     // 1. The pod side must be able to take redirected frames before anyone redirects to it.
-    //    Generic XDP redirects skbs (with their checksum state) through the stack's xmit
-    //    path, so it needs no preparation.
-    if mode == Mode::Native {
-        att.prep_flags = prepare_peer(rtnl, link)?;
-        undo.push(Undo::Peer(att));
-    }
+    //    Prepared in skb mode too: a generic-mode redirect would not need it, but a native
+    //    program on another veth may redirect here, and a native redirect into a veth whose
+    //    peer has no NAPI is dropped silently (DESIGN.md section 3).
+    att.prep_flags = prepare_peer(rtnl, link)?;
+    undo.push(Undo::Peer(att));
     // 2. Record, then open the interface as a redirect target.
     maps.attachments
         .insert(link.index, att, 0)
