@@ -81,8 +81,10 @@ pub struct Attachment {
 }
 
 pub const ATT_DATAPATH_XDP: u8 = 1;
+pub const ATT_DATAPATH_TC: u8 = 2;
 pub const ATT_MODE_NATIVE: u8 = 1;
 pub const ATT_MODE_SKB: u8 = 2;
+pub const ATT_MODE_TCX: u8 = 3;
 /// The pod side was prepared (GRO / tx checksum changed by us); the next two bits say what the
 /// original values were.
 pub const ATT_F_PREPARED: u8 = 1 << 0;

@@ -8,7 +8,7 @@
 //! was current when it was created.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     fmt,
     fs::File,
     io::{self, Read, Write},
@@ -469,34 +469,121 @@ impl Bench {
     /// Packets that hit the DROP rules of [`Bench::drop_pod_forwarding`]: (IPv4, IPv6).
     #[track_caller]
     pub fn forward_drops(&self) -> (u64, u64) {
-        let count = |tool: &str, net: &str| -> u64 {
-            let text = self.node_exec(&[tool, "-c", "-t", "filter"]);
-            text.lines()
-                .filter(|l| l.contains("-A FORWARD") && l.contains(net) && l.contains("-j DROP"))
-                .filter_map(|l| {
-                    let inner = l.strip_prefix('[')?.split(']').next()?;
-                    inner.split(':').next()?.parse::<u64>().ok()
-                })
-                .sum()
-        };
         (
-            count("iptables-save", "10.244.0.0/16"),
-            count("ip6tables-save", "fd00::/64"),
+            self.drop_hits("iptables-save", "10.244.0.0/16"),
+            self.drop_hits("ip6tables-save", "fd00::/64"),
         )
     }
 
-    /// Attaches the fast path to the host veths of `pods` and adds both addresses of each as
-    /// meshed endpoints.
+    /// Inserts (`on`) or deletes FORWARD DROP rules for packets from pod `from` to pod `to`
+    /// (IPv4 and IPv6): the kernel path can no longer deliver that direction.
     #[track_caller]
-    pub fn attach_and_mesh(&self, pods: &[u32]) {
-        let ctl = self.xdp_ctl();
+    pub fn drop_forwarding_between(&self, from: u32, to: u32, on: bool) {
+        for (tool, src, dst) in [
+            (
+                "iptables",
+                self.pod_v4(from).to_string(),
+                self.pod_v4(to).to_string(),
+            ),
+            (
+                "ip6tables",
+                self.pod_v6(from).to_string(),
+                self.pod_v6(to).to_string(),
+            ),
+        ] {
+            let mut args = vec![tool];
+            if on {
+                args.extend(["-I", "FORWARD", "1"]);
+            } else {
+                args.extend(["-D", "FORWARD"]);
+            }
+            args.extend(["-s", &src, "-d", &dst, "-j", "DROP"]);
+            self.node_exec(&args);
+        }
+    }
+
+    /// Packets that hit the rules of [`Bench::drop_forwarding_between`]: (IPv4, IPv6).
+    #[track_caller]
+    pub fn forward_drops_between(&self, from: u32, to: u32) -> (u64, u64) {
+        (
+            self.drop_hits(
+                "iptables-save",
+                &format!("-s {}/32 -d {}/32", self.pod_v4(from), self.pod_v4(to)),
+            ),
+            self.drop_hits(
+                "ip6tables-save",
+                &format!("-s {}/128 -d {}/128", self.pod_v6(from), self.pod_v6(to)),
+            ),
+        )
+    }
+
+    /// Packet count of the node's FORWARD DROP rules whose `-save` line contains `needle`.
+    #[track_caller]
+    fn drop_hits(&self, tool: &str, needle: &str) -> u64 {
+        let text = self.node_exec(&[tool, "-c", "-t", "filter"]);
+        text.lines()
+            .filter(|l| l.contains("-A FORWARD") && l.contains(needle) && l.contains("-j DROP"))
+            .filter_map(|l| {
+                let inner = l.strip_prefix('[')?.split(']').next()?;
+                inner.split(':').next()?.parse::<u64>().ok()
+            })
+            .sum()
+    }
+
+    /// `xdp-ctl attach --datapath DP` on the host veths of `pods` (default mode), panicking
+    /// with the full output on failure.
+    #[track_caller]
+    pub fn attach(&self, datapath: Datapath, pods: &[u32]) {
         let veths: Vec<String> = pods.iter().map(|&i| self.host_veth(i)).collect();
-        let mut args = vec!["attach"];
-        args.extend(veths.iter().map(String::as_str));
-        ctl.run_ok(&args);
+        let veths: Vec<&str> = veths.iter().map(String::as_str).collect();
+        self.xdp_ctl().attach_ok(datapath, &veths);
+    }
+
+    /// Attaches the fast path (`datapath`) to the host veths of `pods` and adds both addresses
+    /// of each as meshed endpoints.
+    #[track_caller]
+    pub fn attach_and_mesh(&self, datapath: Datapath, pods: &[u32]) {
+        self.attach(datapath, pods);
         for &i in pods {
             self.add_endpoint(i, true);
         }
+    }
+
+    /// Names of the node namespace's links.
+    #[track_caller]
+    pub fn node_link_names(&self) -> Vec<String> {
+        let out = run_args(&["ip", "-n", &self.node_ns(), "-j", "link", "show"]).ok();
+        let v: Value = serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("`ip -j link show` is not JSON ({e}): {out}"));
+        v.as_array()
+            .unwrap_or_else(|| panic!("`ip -j link show` is not an array: {out}"))
+            .iter()
+            .filter_map(|l| l.get("ifname").and_then(Value::as_str).map(str::to_string))
+            .collect()
+    }
+
+    /// Programs attached through TCX (ingress and egress) to `iface` of the node namespace.
+    #[track_caller]
+    pub fn tcx_programs(&self, iface: &str) -> Vec<TcxProgram> {
+        tcx_programs(&self.node_ns(), iface).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Every BPF program on a link of the node namespace, one description each: XDP ones (as
+    /// `ip -d link` shows them) and TCX ones (`BPF_PROG_QUERY`, which also sees what
+    /// `bpftool net` of older bpftool versions does not). Empty when nothing is attached.
+    #[track_caller]
+    pub fn programs_on_links(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        for name in self.node_link_names() {
+            let detail = self.node_link_detail(&name);
+            if let Some(l) = detail.lines().find(|l| l.contains("xdp")) {
+                found.push(format!("{name}: {}", l.trim()));
+            }
+            for p in self.tcx_programs(&name) {
+                found.push(format!("{name}: {p}"));
+            }
+        }
+        found
     }
 
     /// `xdp-ctl endpoint add` for both addresses of pod `i` (MAC from the neighbour entry).
@@ -559,6 +646,85 @@ impl Drop for Bench {
 // ---------------------------------------------------------------------------------------------
 // xdp-ctl
 // ---------------------------------------------------------------------------------------------
+
+/// Which datapath `xdp-ctl attach --datapath` installs on a host veth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Datapath {
+    /// XDP (native by default) redirecting through the devmap; the pod side is prepared.
+    Xdp,
+    /// TCX ingress with `bpf_redirect_peer`; the pod side is left alone.
+    Tc,
+}
+
+impl Datapath {
+    pub const ALL: [Datapath; 2] = [Datapath::Xdp, Datapath::Tc];
+
+    /// The value of `--datapath` and of `"datapath"` in `status --json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Datapath::Xdp => "xdp",
+            Datapath::Tc => "tc",
+        }
+    }
+
+    /// `"mode"` in `status --json` after an attach without `--mode`.
+    pub fn default_status_mode(self) -> &'static str {
+        match self {
+            Datapath::Xdp => "native",
+            Datapath::Tc => "tcx",
+        }
+    }
+}
+
+impl fmt::Display for Datapath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A program attached through TCX, as `BPF_PROG_QUERY` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcxProgram {
+    /// "ingress" or "egress".
+    pub direction: &'static str,
+    pub id: u32,
+    pub name: String,
+}
+
+impl fmt::Display for TcxProgram {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "tcx/{} prog id {} {}",
+            self.direction, self.id, self.name
+        )
+    }
+}
+
+/// Programs attached through TCX (ingress, then egress) to `iface` of namespace `ns`.
+pub fn tcx_programs(ns: &str, iface: &str) -> Result<Vec<TcxProgram>, String> {
+    use aya::programs::{tc::TcAttachType, SchedClassifier};
+    let name = iface.to_string();
+    join(
+        in_netns(ns, move || {
+            let mut found = Vec::new();
+            for (direction, at) in [
+                ("ingress", TcAttachType::Ingress),
+                ("egress", TcAttachType::Egress),
+            ] {
+                let (_revision, progs) = SchedClassifier::query_tcx(&name, at)
+                    .map_err(|e| format!("TCX {direction} query on {name}: {e}"))?;
+                found.extend(progs.iter().map(|p| TcxProgram {
+                    direction,
+                    id: p.id(),
+                    name: p.name_as_str().unwrap_or("?").to_string(),
+                }));
+            }
+            Ok(found)
+        }),
+        &format!("TCX query in {ns}"),
+    )
+}
 
 /// Runs the `xdp-ctl` binary with `--pin-dir` (and `--netns`, if set) always passed.
 #[derive(Debug, Clone)]
@@ -676,6 +842,38 @@ impl XdpCtl {
                 (k.clone(), (get("packets"), get("bytes")))
             })
             .collect()
+    }
+
+    /// `xdp-ctl attach --datapath DP IFACE...` (default mode), whatever the exit status.
+    #[track_caller]
+    pub fn attach(&self, datapath: Datapath, ifaces: &[&str]) -> CmdOutput {
+        let mut args = vec!["attach", "--datapath", datapath.name()];
+        args.extend_from_slice(ifaces);
+        self.run(&args)
+    }
+
+    /// [`XdpCtl::attach`] that panics with the full output unless it succeeded.
+    #[track_caller]
+    pub fn attach_ok(&self, datapath: Datapath, ifaces: &[&str]) -> CmdOutput {
+        self.attach(datapath, ifaces).ok()
+    }
+
+    /// `status --json`'s interfaces, as they are.
+    #[track_caller]
+    pub fn status_interfaces(&self) -> Vec<Value> {
+        let v = self.json(&["status"]);
+        match v.get("interfaces").and_then(Value::as_array) {
+            Some(a) => a.clone(),
+            None => panic!("`status --json` has no \"interfaces\" array: {v}"),
+        }
+    }
+
+    /// `status --json`'s entry for interface `name`, if it is attached.
+    #[track_caller]
+    pub fn interface_status(&self, name: &str) -> Option<Value> {
+        self.status_interfaces()
+            .into_iter()
+            .find(|i| i.get("name").and_then(Value::as_str) == Some(name))
     }
 
     /// `status --json`'s interface names.
@@ -1157,6 +1355,366 @@ impl Drop for UdpSink {
             let _ = h.join();
         }
     }
+}
+
+/// Sequence numbers in `all` (sorted) as ranges: "3-7, 10".
+fn ranges(all: &[u32]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < all.len() {
+        let mut j = i;
+        while j + 1 < all.len() && all[j + 1] == all[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            all[i].to_string()
+        } else {
+            format!("{}-{}", all[i], all[j])
+        });
+        i = j + 1;
+    }
+    out.join(", ")
+}
+
+/// What a [`UdpStream`] saw, on both sides.
+#[derive(Debug, Clone)]
+pub struct StreamReport {
+    /// Datagrams the client sent (sequence numbers 0..sent).
+    pub sent: u32,
+    /// Sends that failed (their sequence numbers were used up, so they show as lost).
+    pub send_errors: u32,
+    /// Sequence numbers the server received.
+    pub received: BTreeSet<u32>,
+    /// Sequence numbers whose echo the client received.
+    pub echoed: BTreeSet<u32>,
+    /// Datagrams the server received more than once.
+    pub duplicates: u32,
+    /// Longest time between two datagrams arriving at the server.
+    pub longest_gap: Duration,
+    pub elapsed: Duration,
+}
+
+impl StreamReport {
+    /// Sent but never received by the server.
+    pub fn lost_forward(&self) -> Vec<u32> {
+        (0..self.sent)
+            .filter(|s| !self.received.contains(s))
+            .collect()
+    }
+
+    /// Received by the server, but the echo never came back.
+    pub fn lost_reverse(&self) -> Vec<u32> {
+        self.received
+            .iter()
+            .copied()
+            .filter(|s| !self.echoed.contains(s))
+            .collect()
+    }
+
+    /// Nothing lost in either direction, nothing failed to send.
+    pub fn lossless(&self) -> bool {
+        self.send_errors == 0 && self.lost_forward().is_empty() && self.lost_reverse().is_empty()
+    }
+}
+
+impl fmt::Display for StreamReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (fwd, rev) = (self.lost_forward(), self.lost_reverse());
+        write!(
+            f,
+            "{} sent in {:?} ({} send errors), {} received (lost: {} [{}]), {} echoes back \
+             (lost: {} [{}]), {} duplicates, longest gap at the server {:?}",
+            self.sent,
+            self.elapsed,
+            self.send_errors,
+            self.received.len(),
+            fwd.len(),
+            ranges(&fwd),
+            self.echoed.len(),
+            rev.len(),
+            ranges(&rev),
+            self.duplicates,
+            self.longest_gap
+        )
+    }
+}
+
+/// A steady UDP flow that notices every lost packet: a client in one namespace sends a
+/// datagram (sequence number + pseudo-random bytes) every `interval` to a server in another,
+/// which checks and echoes each; both sides record what they got. Runs until
+/// [`UdpStream::finish`]; stops on drop.
+pub struct UdpStream {
+    what: String,
+    stop_client: Arc<AtomicBool>,
+    stop_server: Arc<AtomicBool>,
+    echoes: Arc<AtomicU32>,
+    client: Option<JoinHandle<Result<StreamClientSide, String>>>,
+    server: Option<JoinHandle<Result<StreamServerSide, String>>>,
+    start: Instant,
+}
+
+/// What the client of a [`UdpStream`] saw.
+struct StreamClientSide {
+    sent: u32,
+    send_errors: u32,
+    echoed: BTreeSet<u32>,
+}
+
+/// What the server of a [`UdpStream`] saw.
+struct StreamServerSide {
+    received: BTreeSet<u32>,
+    duplicates: u32,
+    longest_gap: Duration,
+}
+
+/// How long the client keeps listening for echoes after it stopped sending.
+const STREAM_DRAIN: Duration = Duration::from_millis(500);
+
+impl UdpStream {
+    /// Starts the flow from `client_ns` to `server`:(ephemeral) in `server_ns`.
+    pub fn start(
+        client_ns: &str,
+        server_ns: &str,
+        server: IpAddr,
+        interval: Duration,
+        size: usize,
+    ) -> Result<UdpStream, String> {
+        assert!(
+            (4..=1400).contains(&size),
+            "datagrams carry a 4-byte sequence number and fit one frame"
+        );
+        let what = format!("UDP stream {client_ns} -> {server_ns} [{server}]");
+        let stop_client = Arc::new(AtomicBool::new(false));
+        let stop_server = Arc::new(AtomicBool::new(false));
+        let echoes = Arc::new(AtomicU32::new(0));
+        let (port_tx, port_rx) = mpsc::channel();
+
+        let stop = stop_server.clone();
+        let srv = in_netns(server_ns, move || {
+            let s = UdpSocket::bind((server, 0)).map_err(|e| format!("bind {server}: {e}"))?;
+            let _ = port_tx.send(s.local_addr().map_err(|e| e.to_string())?.port());
+            stream_server(&s, size, &stop)
+        });
+        let Ok(port) = port_rx.recv_timeout(Duration::from_secs(10)) else {
+            stop_server.store(true, Ordering::Relaxed);
+            return Err(join(srv, &format!("{what}: server"))
+                .err()
+                .unwrap_or_else(|| format!("{what}: server gave no port")));
+        };
+        let (stop, count) = (stop_client.clone(), echoes.clone());
+        let cli = in_netns(client_ns, move || {
+            stream_client(SocketAddr::new(server, port), interval, size, &stop, &count)
+        });
+        Ok(UdpStream {
+            what,
+            stop_client,
+            stop_server,
+            echoes,
+            client: Some(cli),
+            server: Some(srv),
+            start: Instant::now(),
+        })
+    }
+
+    /// Echoes the client has received so far.
+    pub fn echoes(&self) -> u32 {
+        self.echoes.load(Ordering::Relaxed)
+    }
+
+    /// Waits up to `timeout` until at least `n` echoes came back; false if they did not.
+    pub fn wait_for_echoes(&self, n: u32, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.echoes() < n {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
+    /// Stops sending, collects the echoes still in flight, stops the server and reports.
+    pub fn finish(mut self) -> Result<StreamReport, String> {
+        self.stop_client.store(true, Ordering::Relaxed);
+        let client = join(self.client.take().expect("running"), "client");
+        self.stop_server.store(true, Ordering::Relaxed);
+        let server = join(self.server.take().expect("running"), "server");
+        match (client, server) {
+            (Ok(c), Ok(s)) => Ok(StreamReport {
+                sent: c.sent,
+                send_errors: c.send_errors,
+                received: s.received,
+                echoed: c.echoed,
+                duplicates: s.duplicates,
+                longest_gap: s.longest_gap,
+                elapsed: self.start.elapsed(),
+            }),
+            (c, s) => Err(format!(
+                "{} failed: {}; {}",
+                self.what,
+                c.err().unwrap_or_else(|| "client: ok".into()),
+                s.err().unwrap_or_else(|| "server: ok".into())
+            )),
+        }
+    }
+}
+
+impl Drop for UdpStream {
+    fn drop(&mut self) {
+        self.stop_client.store(true, Ordering::Relaxed);
+        if let Some(h) = self.client.take() {
+            let _ = h.join();
+        }
+        self.stop_server.store(true, Ordering::Relaxed);
+        if let Some(h) = self.server.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// Server side of [`UdpStream`].
+fn stream_server(
+    s: &UdpSocket,
+    size: usize,
+    stop: &AtomicBool,
+) -> Result<StreamServerSide, String> {
+    s.set_read_timeout(Some(Duration::from_millis(20)))
+        .map_err(|e| e.to_string())?;
+    let (mut received, mut duplicates) = (BTreeSet::new(), 0u32);
+    let (mut last, mut longest_gap) = (None::<Instant>, Duration::ZERO);
+    let mut buf = vec![0u8; 2048];
+    while !stop.load(Ordering::Relaxed) {
+        let (n, from) = match s.recv_from(&mut buf) {
+            Ok(x) => x,
+            Err(e) if is_timeout(&e) => continue,
+            Err(e) => return Err(format!("recv: {e}")),
+        };
+        let now = Instant::now();
+        if let Some(t) = last {
+            longest_gap = longest_gap.max(now - t);
+        }
+        last = Some(now);
+        let d = &buf[..n];
+        if n < 4 {
+            return Err(format!("runt datagram of {n} bytes from {from}"));
+        }
+        let seq = u32::from_be_bytes([d[0], d[1], d[2], d[3]]);
+        let want = udp_datagram(seq, size);
+        if d != want.as_slice() {
+            return Err(format!(
+                "datagram {seq} corrupted: {}",
+                first_difference(d, &want)
+            ));
+        }
+        if !received.insert(seq) {
+            duplicates += 1;
+        }
+        s.send_to(d, from)
+            .map_err(|e| format!("echo of {seq}: {e}"))?;
+    }
+    Ok(StreamServerSide {
+        received,
+        duplicates,
+        longest_gap,
+    })
+}
+
+/// Client side of [`UdpStream`].
+fn stream_client(
+    server: SocketAddr,
+    interval: Duration,
+    size: usize,
+    stop: &AtomicBool,
+    echo_count: &AtomicU32,
+) -> Result<StreamClientSide, String> {
+    let any: IpAddr = if server.is_ipv4() {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        Ipv6Addr::UNSPECIFIED.into()
+    };
+    let s = UdpSocket::bind((any, 0)).map_err(|e| format!("bind: {e}"))?;
+    s.connect(server).map_err(|e| format!("connect: {e}"))?;
+    // Echoes are taken by a thread of their own: socket timeouts have the granularity of a
+    // jiffy (4 ms or more), far too coarse to interleave with a send every millisecond.
+    let r = s.try_clone().map_err(|e| format!("clone socket: {e}"))?;
+    r.set_read_timeout(Some(Duration::from_millis(20)))
+        .map_err(|e| e.to_string())?;
+    let receiving = AtomicBool::new(true);
+    thread::scope(|scope| {
+        let receiver = scope.spawn(|| stream_echoes(&r, size, &receiving, echo_count));
+        let (mut sent, mut send_errors) = (0u32, 0u32);
+        let mut next = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            // A failed send (an ICMP error reported on the connected socket, a full queue)
+            // uses up its sequence number, so it shows up as a loss as well.
+            if s.send(&udp_datagram(sent, size)).is_err() {
+                send_errors += 1;
+            }
+            sent += 1;
+            next += interval;
+            let now = Instant::now();
+            if next > now {
+                thread::sleep(next - now);
+            } else {
+                // No catching up in bursts after a stall.
+                next = now;
+            }
+        }
+        thread::sleep(STREAM_DRAIN);
+        receiving.store(false, Ordering::Relaxed);
+        let echoed = receiver
+            .join()
+            .map_err(|_| "echo receiver panicked".to_string())??;
+        Ok(StreamClientSide {
+            sent,
+            send_errors,
+            echoed,
+        })
+    })
+}
+
+/// The echo-receiving half of [`stream_client`]: the sequence numbers echoed back.
+fn stream_echoes(
+    r: &UdpSocket,
+    size: usize,
+    receiving: &AtomicBool,
+    echo_count: &AtomicU32,
+) -> Result<BTreeSet<u32>, String> {
+    let mut echoed = BTreeSet::new();
+    let mut buf = vec![0u8; 2048];
+    while receiving.load(Ordering::Relaxed) {
+        match r.recv(&mut buf) {
+            Ok(n) => {
+                let d = &buf[..n];
+                if n < 4 {
+                    return Err(format!("runt echo of {n} bytes"));
+                }
+                let seq = u32::from_be_bytes([d[0], d[1], d[2], d[3]]);
+                let want = udp_datagram(seq, size);
+                if d != want.as_slice() {
+                    return Err(format!(
+                        "echo of {seq} corrupted: {}",
+                        first_difference(d, &want)
+                    ));
+                }
+                if echoed.insert(seq) {
+                    echo_count.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(e) if is_timeout(&e) => {}
+            // An ICMP error for an earlier datagram: that datagram shows as lost.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+            Err(e) => return Err(format!("recv: {e}")),
+        }
+    }
+    Ok(echoed)
 }
 
 /// Sends one Ethernet frame out of interface `ifname` of namespace `ns` through an AF_PACKET

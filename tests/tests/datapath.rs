@@ -1,4 +1,7 @@
-//! The fast path on real namespaces, veths and traffic (DESIGN.md section 6, item 3).
+//! The fast path on real namespaces, veths and traffic (DESIGN.md section 6, item 3), for both
+//! datapaths: every scenario is a function of [`Datapath`], and [`for_each_datapath!`] turns it
+//! into the tests `xdp::NAME` and `tc::NAME`. Switching between the datapaths under traffic and
+//! the CLI's input checks are tested once.
 //!
 //! Every test builds its own bench (`scripts/bench-netns.sh`, unique prefix and pin dir, torn
 //! down on drop) and drives the `xdp-ctl` binary (`$XDP_CTL_BIN`, else `target/<profile>/xdp-ctl`:
@@ -15,9 +18,41 @@ use std::{
 };
 
 use integration_tests::{
-    assert_clean_failure, frame, require_root, send_frame, tcp_echo, udp_echo, Bench, UdpSink,
-    XdpCtl,
+    assert_clean_failure, frame, require_root, send_frame, tcp_echo, udp_echo, Bench, Datapath,
+    UdpSink, UdpStream, XdpCtl,
 };
+use serde_json::Value;
+
+/// For each scenario `fn NAME(dp: Datapath)` listed, generates the tests `xdp::NAME` and
+/// `tc::NAME`.
+macro_rules! for_each_datapath {
+    ($($scenario:ident),+ $(,)?) => {
+        for_each_datapath!(@module xdp, Xdp, $($scenario),+);
+        for_each_datapath!(@module tc, Tc, $($scenario),+);
+    };
+    (@module $module:ident, $datapath:ident, $($scenario:ident),+) => {
+        mod $module {
+            $(
+                #[test]
+                fn $scenario() {
+                    integration_tests::require_root!();
+                    super::$scenario(integration_tests::Datapath::$datapath);
+                }
+            )+
+        }
+    };
+}
+
+for_each_datapath!(
+    ipv4_tcp_udp_bypass_forward_drop_only_with_fast_path,
+    ipv6_tcp_udp_bypass_forward_drop_only_with_fast_path,
+    not_meshed_pods_meet_netfilter,
+    spoofed_sources_meet_netfilter,
+    ttl_one_goes_to_the_kernel,
+    broadcast_arp_ndp_multicast_go_to_the_kernel,
+    cli_attach_is_all_or_nothing,
+    cli_detach_restores_pods_and_removes_everything,
+);
 
 /// Bound for transfers that must succeed.
 const T_OK: Duration = Duration::from_secs(5);
@@ -94,9 +129,9 @@ fn assert_blocked(b: &Bench, v6: bool, when: &str) {
     );
 }
 
-fn fast_path_bypasses_forward_drop(v6: bool) {
+fn fast_path_bypasses_forward_drop(dp: Datapath, v6: bool) {
     let b = Bench::up(2);
-    let fam = family(v6);
+    let fam = format!("{dp} {}", family(v6));
     let (p1, p2) = (b.pod_ns(1), b.pod_ns(2));
     let (src, dst) = (addr(&b, 1, v6), addr(&b, 2, v6));
 
@@ -112,28 +147,32 @@ fn fast_path_bypasses_forward_drop(v6: bool) {
         "{fam} traffic was blocked, but not by the DROP rule (counters {drops:?})"
     );
 
-    b.attach_and_mesh(&[1, 2]);
+    b.attach_and_mesh(dp, &[1, 2]);
     let before = b.all_stats();
     let drops_before = b.forward_drops();
 
-    let t = tcp_echo(&p1, &p2, dst, TCP_BYTES, T_OK)
-        .unwrap_or_else(|e| panic!("{fam} TCP over the fast path: {e}"));
+    // On failure, the counters say where the packets went instead.
+    let failed = |what: &str, e: String| -> ! {
+        panic!(
+            "{fam} {what} over the fast path: {e} (counters: {})",
+            delta(&before, &b.all_stats())
+        )
+    };
+    let t = tcp_echo(&p1, &p2, dst, TCP_BYTES, T_OK).unwrap_or_else(|e| failed("TCP", e));
     assert_eq!(
         t.client_addr.ip(),
         src,
         "server saw a different client address"
     );
     eprintln!("{fam} TCP: {} bytes each way in {:?}", t.bytes, t.elapsed);
-    let u = udp_echo(&p1, &p2, dst, UDP_COUNT, UDP_SIZE, T_OK)
-        .unwrap_or_else(|e| panic!("{fam} UDP over the fast path: {e}"));
+    let u = udp_echo(&p1, &p2, dst, UDP_COUNT, UDP_SIZE, T_OK).unwrap_or_else(|e| failed("UDP", e));
     assert_eq!(
         u.client_addr.ip(),
         src,
         "server saw a different client address"
     );
     // And the other direction, pod2 as the client.
-    tcp_echo(&p2, &p1, src, 4096, T_OK)
-        .unwrap_or_else(|e| panic!("{fam} TCP pod2 -> pod1 over the fast path: {e}"));
+    tcp_echo(&p2, &p1, src, 4096, T_OK).unwrap_or_else(|e| failed("TCP pod2 -> pod1", e));
 
     let after = b.all_stats();
     let redirected = grew(&before, &after, "redirected");
@@ -143,9 +182,19 @@ fn fast_path_bypasses_forward_drop(v6: bool) {
         "{fam}: only {redirected} packets redirected (counters: {})",
         delta(&before, &after)
     );
+    // Every payload byte each way went through the fast path (plus headers).
+    let redirected_bytes = after["redirected"].1 - before["redirected"].1;
+    let payload = 2 * (TCP_BYTES + 4096) + 2 * UDP_COUNT as usize * UDP_SIZE;
     assert!(
-        after["redirected"].1 > before["redirected"].1,
-        "redirected bytes did not grow"
+        redirected_bytes >= payload as u64,
+        "{fam}: {redirected_bytes} bytes redirected, less than the {payload} payload bytes \
+         (counters: {})",
+        delta(&before, &after)
+    );
+    // With TC the skb keeps its GSO size: TCP may pass as segments larger than the MTU.
+    eprintln!(
+        "{fam}: {redirected} packets, {redirected_bytes} bytes redirected ({} bytes per packet)",
+        redirected_bytes / redirected.max(1)
     );
     assert_eq!(
         b.forward_drops(),
@@ -158,16 +207,12 @@ fn fast_path_bypasses_forward_drop(v6: bool) {
     assert_blocked(&b, v6, "after detach");
 }
 
-#[test]
-fn ipv4_tcp_udp_bypass_forward_drop_only_with_fast_path() {
-    require_root!();
-    fast_path_bypasses_forward_drop(false);
+fn ipv4_tcp_udp_bypass_forward_drop_only_with_fast_path(dp: Datapath) {
+    fast_path_bypasses_forward_drop(dp, false);
 }
 
-#[test]
-fn ipv6_tcp_udp_bypass_forward_drop_only_with_fast_path() {
-    require_root!();
-    fast_path_bypasses_forward_drop(true);
+fn ipv6_tcp_udp_bypass_forward_drop_only_with_fast_path(dp: Datapath) {
+    fast_path_bypasses_forward_drop(dp, true);
 }
 
 /// Sends a UDP frame from pod `from` (out of its eth0, to its host veth's MAC) with the given
@@ -208,19 +253,17 @@ fn send_udp_from(
     sink.expect(payload, wait).map(|a| a.ip())
 }
 
-#[test]
-fn not_meshed_pods_meet_netfilter() {
-    require_root!();
+fn not_meshed_pods_meet_netfilter(dp: Datapath) {
     // Pods 1-2 meshed, pod 3 attached but not meshed.
     let b = Bench::up(3);
     b.drop_pod_forwarding();
-    b.attach_and_mesh(&[1, 2]);
-    b.xdp_ctl().run_ok(&["attach", &b.host_veth(3)]);
+    b.attach_and_mesh(dp, &[1, 2]);
+    b.attach(dp, &[3]);
     b.add_endpoint(3, false);
     let (p1, p2, p3) = (b.pod_ns(1), b.pod_ns(2), b.pod_ns(3));
 
     for v6 in [false, true] {
-        let fam = family(v6);
+        let fam = format!("{dp} {}", family(v6));
         // Control: meshed to meshed is fast-pathed through the DROP rule.
         udp_echo(&p1, &p2, addr(&b, 2, v6), 3, 100, T_OK)
             .unwrap_or_else(|e| panic!("{fam} control (meshed pod1 -> pod2) failed: {e}"));
@@ -267,15 +310,13 @@ fn not_meshed_pods_meet_netfilter() {
     }
 }
 
-#[test]
-fn spoofed_sources_meet_netfilter() {
-    require_root!();
+fn spoofed_sources_meet_netfilter(dp: Datapath) {
     let b = Bench::up(3);
     b.drop_pod_forwarding();
-    b.attach_and_mesh(&[1, 2, 3]);
+    b.attach_and_mesh(dp, &[1, 2, 3]);
 
     for v6 in [false, true] {
-        let fam = family(v6);
+        let fam = format!("{dp} {}", family(v6));
         let any: IpAddr = if v6 {
             Ipv6Addr::UNSPECIFIED.into()
         } else {
@@ -339,11 +380,9 @@ fn spoofed_sources_meet_netfilter() {
     }
 }
 
-#[test]
-fn ttl_one_goes_to_the_kernel() {
-    require_root!();
+fn ttl_one_goes_to_the_kernel(dp: Datapath) {
     let b = Bench::up(2);
-    b.attach_and_mesh(&[1, 2]);
+    b.attach_and_mesh(dp, &[1, 2]);
     let sink4 = UdpSink::bind(&b.pod_ns(2), Ipv4Addr::UNSPECIFIED.into(), 0);
     let sink6 = UdpSink::bind(&b.pod_ns(2), Ipv6Addr::UNSPECIFIED.into(), 0);
     let v4 = (b.pod_v4(1).into(), b.pod_v4(2).into());
@@ -352,37 +391,35 @@ fn ttl_one_goes_to_the_kernel() {
     // Control: TTL / hop limit 2 is forwarded (and arrives with 1).
     let before = b.all_stats();
     let got = send_udp_from(&b, 1, v4, 2, &sink4, b"ttl2", T_OK);
-    assert!(got.is_some(), "IPv4 TTL 2 frame not delivered");
+    assert!(got.is_some(), "{dp}: IPv4 TTL 2 frame not delivered");
     let got = send_udp_from(&b, 1, v6, 2, &sink6, b"hl2", T_OK);
-    assert!(got.is_some(), "IPv6 hop limit 2 frame not delivered");
+    assert!(got.is_some(), "{dp}: IPv6 hop limit 2 frame not delivered");
     let after = b.all_stats();
     let counters = delta(&before, &after);
-    assert_eq!(grew(&before, &after, "redirected"), 2, "{counters}");
+    assert_eq!(grew(&before, &after, "redirected"), 2, "{dp}: {counters}");
 
     // TTL 1 / hop limit 1: the kernel must see them (to send Time Exceeded): never delivered.
     let before = b.all_stats();
     let got = send_udp_from(&b, 1, v4, 1, &sink4, b"ttl1", T_ABSENT);
-    assert_eq!(got, None, "IPv4 TTL 1 frame was delivered");
+    assert_eq!(got, None, "{dp}: IPv4 TTL 1 frame was delivered");
     let got = send_udp_from(&b, 1, v6, 1, &sink6, b"hl1", T_ABSENT);
-    assert_eq!(got, None, "IPv6 hop limit 1 frame was delivered");
+    assert_eq!(got, None, "{dp}: IPv6 hop limit 1 frame was delivered");
     let after = b.all_stats();
     let counters = delta(&before, &after);
     assert!(
         grew(&before, &after, "ttl_expired") >= 2,
-        "ttl_expired: {counters}"
+        "{dp}: ttl_expired: {counters}"
     );
     assert_eq!(
         grew(&before, &after, "redirected"),
         0,
-        "redirected: {counters}"
+        "{dp}: redirected: {counters}"
     );
 }
 
-#[test]
-fn broadcast_arp_ndp_multicast_go_to_the_kernel() {
-    require_root!();
+fn broadcast_arp_ndp_multicast_go_to_the_kernel(dp: Datapath) {
     let b = Bench::up(2);
-    b.attach_and_mesh(&[1, 2]);
+    b.attach_and_mesh(dp, &[1, 2]);
     let (m1, h1) = (b.pod_mac(1), b.host_mac(1));
     let (v4_1, v4_2, v6_1, v6_2) = (b.pod_v4(1), b.pod_v4(2), b.pod_v6(1), b.pod_v6(2));
     let sink4 = UdpSink::bind(&b.pod_ns(2), Ipv4Addr::UNSPECIFIED.into(), 0);
@@ -457,37 +494,43 @@ fn broadcast_arp_ndp_multicast_go_to_the_kernel() {
     assert_eq!(
         sink4.expect(b"bc2", T_ABSENT),
         None,
-        "an L2 broadcast was delivered to pod2"
+        "{dp}: an L2 broadcast was delivered to pod2"
     );
 
     let after = b.all_stats();
     let counters = delta(&before, &after);
-    eprintln!("counter deltas: {counters}");
+    eprintln!("{dp}: counter deltas: {counters}");
     assert!(
         grew(&before, &after, "not_ip") >= 1,
-        "not_ip (ARP): {counters}"
+        "{dp}: not_ip (ARP): {counters}"
     );
     assert!(
         grew(&before, &after, "not_unicast") >= 5,
-        "not_unicast: {counters}"
+        "{dp}: not_unicast: {counters}"
     );
     assert!(
         grew(&before, &after, "ndp") >= 1,
-        "ndp (unicast NS): {counters}"
+        "{dp}: ndp (unicast NS): {counters}"
     );
     assert_eq!(
         grew(&before, &after, "redirected"),
         0,
-        "redirected: {counters}"
+        "{dp}: redirected: {counters}"
     );
 }
 
-/// The pod-side settings the fast path changes, and that detach must give back.
-const PREPARED: [&str; 2] = ["generic-receive-offload", "tx-checksumming"];
+/// Pod eth0 features a datapath may affect: XDP prepares GRO and tx checksumming (and the kernel
+/// takes TSO away from a veth whose peer has a non-frags XDP program); TC must leave all of them
+/// alone. Detach must give back what there was.
+const POD_FEATURES: [&str; 3] = [
+    "tcp-segmentation-offload",
+    "tx-checksumming",
+    "generic-receive-offload",
+];
 
-fn prepared_settings(b: &Bench, i: u32) -> BTreeMap<String, String> {
+fn pod_settings(b: &Bench, i: u32) -> BTreeMap<String, String> {
     let all = b.pod_features(i);
-    PREPARED
+    POD_FEATURES
         .iter()
         .map(|k| {
             let v = all
@@ -498,12 +541,124 @@ fn prepared_settings(b: &Bench, i: u32) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn assert_no_xdp_on_links(b: &Bench, when: &str) {
-    let links = b.node_links_detail();
-    assert!(
-        !links.contains("xdp"),
-        "{when}: an XDP program is still on a link:\n{links}"
+/// Pod `i`'s eth0 while `dp` is attached to its host veth; `orig` is what it had before.
+#[track_caller]
+fn assert_pod_side_attached(
+    b: &Bench,
+    dp: Datapath,
+    i: u32,
+    orig: &BTreeMap<String, String>,
+    when: &str,
+) {
+    let s = pod_settings(b, i);
+    match dp {
+        Datapath::Xdp => {
+            assert_eq!(
+                s["generic-receive-offload"], "on",
+                "{when}: XDP attach did not turn GRO on in pod {i}: {s:?}"
+            );
+            assert_eq!(
+                s["tx-checksumming"], "off",
+                "{when}: XDP attach did not turn tx checksumming off in pod {i}: {s:?}"
+            );
+        }
+        Datapath::Tc => {
+            assert_eq!(
+                &s, orig,
+                "{when}: pod {i}'s eth0 is not as it was before any attach (TC must not touch \
+                 the pod side)"
+            );
+            for k in ["tcp-segmentation-offload", "tx-checksumming"] {
+                assert_eq!(s[k], "on", "{when}: pod {i} has {k} off under TC: {s:?}");
+            }
+        }
+    }
+}
+
+/// `status --json` shows `iface` attached with `dp` (default mode) through a BPF link;
+/// returns (program id, link id).
+#[track_caller]
+fn assert_status(ctl: &XdpCtl, iface: &str, dp: Datapath, when: &str) -> (u64, u64) {
+    let Some(i) = ctl.interface_status(iface) else {
+        panic!(
+            "{when}: {iface} is not in `status`: {:?}",
+            ctl.status_interfaces()
+        );
+    };
+    assert_eq!(i["datapath"], dp.name(), "{when}: status of {iface}: {i}");
+    assert_eq!(
+        i["mode"],
+        dp.default_status_mode(),
+        "{when}: status of {iface}: {i}"
     );
+    assert_eq!(i["link_kind"], "bpf_link", "{when}: status of {iface}: {i}");
+    let id = |k: &str| {
+        i[k].as_u64()
+            .unwrap_or_else(|| panic!("{when}: status of {iface} has no {k}: {i}"))
+    };
+    (id("program_id"), id("link_id"))
+}
+
+/// Program `prog` is on `iface` in `dp`'s hook, and it is the only program on that link.
+#[track_caller]
+fn assert_program_on_link(b: &Bench, iface: &str, dp: Datapath, prog: u64, when: &str) {
+    let detail = b.node_link_detail(iface);
+    let tcx = b.tcx_programs(iface);
+    match dp {
+        Datapath::Xdp => {
+            assert!(
+                detail.contains("xdp") && detail.contains(&format!("id {prog} ")),
+                "{when}: XDP program {prog} is not on {iface}:\n{detail}"
+            );
+            assert!(
+                tcx.is_empty(),
+                "{when}: {iface} is on XDP but has TCX programs: {tcx:?}"
+            );
+        }
+        Datapath::Tc => {
+            assert!(
+                tcx.len() == 1 && tcx[0].direction == "ingress" && u64::from(tcx[0].id) == prog,
+                "{when}: {iface} should have exactly TCX ingress program {prog}: {tcx:?}"
+            );
+            assert!(
+                !detail.contains("xdp"),
+                "{when}: {iface} is on TC but has an XDP program:\n{detail}"
+            );
+        }
+    }
+}
+
+fn have_bpftool() -> bool {
+    integration_tests::run_args(&["sh", "-c", "command -v bpftool"]).success()
+}
+
+/// No BPF program on any link of the node namespace: not in `ip -d link` (XDP), not in a TCX
+/// query, not in `bpftool net show`.
+#[track_caller]
+fn assert_nothing_on_links(b: &Bench, when: &str) {
+    let progs = b.programs_on_links();
+    assert!(
+        progs.is_empty(),
+        "{when}: programs are still on links: {progs:?}"
+    );
+    if have_bpftool() {
+        let out = b.node_exec(&["bpftool", "-j", "net", "show"]);
+        let v: Value = serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("bpftool -j net show is not JSON ({e}): {out}"));
+        let left: Vec<&Value> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_object)
+            .flat_map(|o| o.values())
+            .filter_map(Value::as_array)
+            .flatten()
+            .collect();
+        assert!(
+            left.is_empty(),
+            "{when}: bpftool net show in the node namespace: {out}"
+        );
+    }
 }
 
 /// The pin dir is gone or empty (recursively: no pinned object left anywhere in it).
@@ -545,130 +700,119 @@ fn bpf_object_gone(kind: &str, id: u64) -> bool {
     }
 }
 
-#[test]
-fn cli_attach_is_all_or_nothing() {
-    require_root!();
+fn cli_attach_is_all_or_nothing(dp: Datapath) {
     let b = Bench::up(1);
     let ctl = b.xdp_ctl();
-    let settings = prepared_settings(&b, 1);
+    let settings = pod_settings(&b, 1);
+    let hv1 = b.host_veth(1);
 
-    let out = ctl.run(&["attach", &b.host_veth(1), "xfpnosuch0"]);
+    let out = ctl.attach(dp, &[&hv1, "xfpnosuch0"]);
     assert_clean_failure(&out, Some("xfpnosuch0"));
 
     let attached = ctl.attached();
     assert!(
         attached.is_empty(),
-        "a failed attach left interfaces attached: {attached:?}"
+        "{dp}: a failed attach left interfaces attached: {attached:?}"
     );
-    assert_no_xdp_on_links(&b, "after a failed attach");
+    assert_nothing_on_links(&b, &format!("{dp}: after a failed attach"));
     assert_eq!(
-        prepared_settings(&b, 1),
+        pod_settings(&b, 1),
         settings,
-        "a failed attach changed pod1's settings"
+        "{dp}: a failed attach changed pod1's settings"
     );
-    assert_no_pins(b.pin_dir(), "after a failed attach");
+    assert_no_pins(b.pin_dir(), &format!("{dp}: after a failed attach"));
 
-    // A failure after the first interface was fully attached (pod side prepared, TX_PORTS,
+    // A failure after the first interface was fully attached (pod side prepared for XDP,
     // link pinned): `lo` resolves but is not a veth. Everything done for pod1 must be undone.
-    let out = ctl.run(&["attach", &b.host_veth(1), "lo"]);
+    let out = ctl.attach(dp, &[&hv1, "lo"]);
     assert_clean_failure(&out, Some("lo"));
     assert!(
-        out.stderr.contains("nothing was attached"),
-        "failure does not say that nothing stayed attached: {out}"
+        ["nothing was attached", "nothing was changed"]
+            .iter()
+            .any(|m| out.stderr.contains(m)),
+        "{dp}: failure does not say that nothing stayed attached: {out}"
     );
     let attached = ctl.attached();
     assert!(
         attached.is_empty(),
-        "a failed attach left interfaces attached: {attached:?}"
+        "{dp}: a failed attach left interfaces attached: {attached:?}"
     );
-    assert_no_xdp_on_links(&b, "after a mid-way failed attach");
+    assert_nothing_on_links(&b, &format!("{dp}: after a mid-way failed attach"));
     assert_eq!(
-        prepared_settings(&b, 1),
+        pod_settings(&b, 1),
         settings,
-        "a mid-way failed attach did not give pod1 its settings back"
+        "{dp}: a mid-way failed attach did not give pod1 its settings back"
     );
-    assert_no_pins(b.pin_dir(), "after a mid-way failed attach");
+    assert_no_pins(b.pin_dir(), &format!("{dp}: after a mid-way failed attach"));
 }
 
-#[test]
-fn cli_detach_restores_pods_and_removes_everything() {
-    require_root!();
+fn cli_detach_restores_pods_and_removes_everything(dp: Datapath) {
     let b = Bench::up(2);
     let ctl = b.xdp_ctl();
     let (hv1, hv2) = (b.host_veth(1), b.host_veth(2));
     // Pod 2 starts with GRO already on: detach must leave it on (restore, not reset).
     b.pod_exec(2, &["ethtool", "-K", "eth0", "gro", "on"]);
-    let orig1 = prepared_settings(&b, 1);
-    let orig2 = prepared_settings(&b, 2);
-    assert_eq!(orig2["generic-receive-offload"], "on");
-
-    ctl.run_ok(&["attach", &hv1, &hv2]);
-    for i in [1, 2] {
-        let s = prepared_settings(&b, i);
-        assert_eq!(
-            s["generic-receive-offload"], "on",
-            "attach did not turn GRO on in pod {i}"
-        );
-        assert_eq!(
-            s["tx-checksumming"], "off",
-            "attach did not turn tx checksumming off in pod {i}"
-        );
-    }
-    let status = ctl.json(&["status"]);
-    let ifaces = status["interfaces"].as_array().expect("interfaces array");
-    assert_eq!(ifaces.len(), 2, "status after attach: {status}");
-    let mut ids = Vec::new();
-    for i in ifaces {
-        assert_eq!(i["datapath"], "xdp", "{i}");
-        let prog = i["program_id"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no program_id: {i}"));
-        ids.push(("prog", prog));
-        if let Some(link) = i["link_id"].as_u64() {
-            ids.push(("link", link));
+    let orig = [pod_settings(&b, 1), pod_settings(&b, 2)];
+    assert_eq!(orig[1]["generic-receive-offload"], "on");
+    for (i, o) in (1..).zip(&orig) {
+        for k in ["tcp-segmentation-offload", "tx-checksumming"] {
+            assert_eq!(o[k], "on", "bench pod {i} starts with {k} off: {o:?}");
         }
     }
-    assert!(
-        b.node_links_detail().contains("xdp"),
-        "no XDP program visible on the links"
-    );
+
+    ctl.attach_ok(dp, &[&hv1, &hv2]);
+    let mut ids = Vec::new();
+    for (i, hv) in [(1, &hv1), (2, &hv2)] {
+        let when = format!("{dp}: after attach");
+        assert_pod_side_attached(&b, dp, i, &orig[i as usize - 1], &when);
+        let (prog, link) = assert_status(&ctl, hv, dp, &when);
+        assert_program_on_link(&b, hv, dp, prog, &when);
+        ids.extend([("prog", prog), ("link", link)]);
+    }
+    let status = ctl.status_interfaces();
+    assert_eq!(status.len(), 2, "{dp}: status after attach: {status:?}");
 
     // Re-attach is a no-op.
-    ctl.run_ok(&["attach", &hv1]);
-    let again = ctl.json(&["status"]);
+    ctl.attach_ok(dp, &[&hv1]);
     assert_eq!(
-        again["interfaces"], status["interfaces"],
-        "re-attach changed the status"
+        ctl.status_interfaces(),
+        status,
+        "{dp}: re-attach changed the status"
     );
 
     // Detach one: the other stays; pod 1 gets its settings back.
     ctl.run_ok(&["detach", &hv1]);
-    assert_eq!(ctl.attached(), vec![hv2.clone()], "after detach of {hv1}");
     assert_eq!(
-        prepared_settings(&b, 1),
-        orig1,
-        "detach did not restore pod 1's settings"
+        ctl.attached(),
+        vec![hv2.clone()],
+        "{dp}: after detach of {hv1}"
+    );
+    assert_eq!(
+        pod_settings(&b, 1),
+        orig[0],
+        "{dp}: detach did not restore pod 1's settings"
+    );
+    let left = b.programs_on_links();
+    assert!(
+        left.len() == 1 && left[0].starts_with(&format!("{hv2}:")),
+        "{dp}: after detach of {hv1}, only {hv2} should have a program: {left:?}"
     );
 
     ctl.run_ok(&["detach", "--all"]);
-    assert_eq!(
-        prepared_settings(&b, 1),
-        orig1,
-        "pod 1's settings after detach --all"
-    );
-    assert_eq!(
-        prepared_settings(&b, 2),
-        orig2,
-        "detach did not restore pod 2's settings"
-    );
-    assert_no_pins(b.pin_dir(), "after detach --all");
-    assert_no_xdp_on_links(&b, "after detach --all");
-    let bpftool = integration_tests::run_args(&["sh", "-c", "command -v bpftool"]).success();
-    if bpftool {
+    for (i, o) in (1..).zip(&orig) {
+        assert_eq!(
+            &pod_settings(&b, i),
+            o,
+            "{dp}: pod {i}'s settings after detach --all"
+        );
+    }
+    assert_no_pins(b.pin_dir(), &format!("{dp}: after detach --all"));
+    assert_nothing_on_links(&b, &format!("{dp}: after detach --all"));
+    if have_bpftool() {
         for (kind, id) in ids {
             assert!(
                 bpf_object_gone(kind, id),
-                "{kind} id {id} still exists after detach --all"
+                "{dp}: {kind} id {id} still exists after detach --all"
             );
         }
     } else {
@@ -691,8 +835,12 @@ fn cli_bad_input_fails_cleanly() {
     assert_clean_failure(&out, Some("10.244.0.300"));
     let out = ctl.run(&["endpoint", "add", "10.244.0.9", "--iface", "xfpnosuch0"]);
     assert_clean_failure(&out, Some("xfpnosuch0"));
-    let out = ctl.run(&["attach", "xfpnosuch0"]);
-    assert_clean_failure(&out, Some("xfpnosuch0"));
+    for dp in Datapath::ALL {
+        let out = ctl.attach(dp, &["xfpnosuch0"]);
+        assert_clean_failure(&out, Some("xfpnosuch0"));
+    }
+    let out = ctl.run(&["attach", "--datapath", "bogus", &hv2]);
+    assert_clean_failure(&out, Some("bogus"));
     let out = ctl.run(&["detach", "xfpnosuch0"]);
     assert_clean_failure(&out, Some("xfpnosuch0"));
 
@@ -706,7 +854,7 @@ fn cli_bad_input_fails_cleanly() {
     // A pin dir that is not on bpffs: refused before anything is attached.
     let tmp_pins = PathBuf::from(format!("/tmp/xfp-notbpf-{}", b.prefix()));
     let not_bpffs = XdpCtl::new(tmp_pins.clone(), Some(b.node_ns()));
-    let out = not_bpffs.run(&["attach", &hv2]);
+    let out = not_bpffs.attach(Datapath::Tc, &[&hv2]);
     let _ = std::fs::remove_dir_all(&tmp_pins);
     assert_clean_failure(&out, Some(&tmp_pins.display().to_string()));
 
@@ -714,14 +862,215 @@ fn cli_bad_input_fails_cleanly() {
     let out = ctl.run_as_nobody(&["attach", &hv2]);
     assert_clean_failure(&out, None);
 
-    let hv2_detail = b.node_link_detail(&hv2);
+    let on_links = b.programs_on_links();
     assert!(
-        !hv2_detail.contains("xdp"),
-        "a failed attach left a program on {hv2}:\n{hv2_detail}"
+        on_links.iter().all(|p| !p.starts_with(&format!("{hv2}:"))),
+        "a failed attach left a program on {hv2}: {on_links:?}"
     );
     assert_eq!(
         ctl.attached(),
         vec![hv1.clone()],
         "status changed by failed commands"
     );
+}
+
+/// Interval of the steady flows that must not lose a datagram while the datapath is switched.
+const STREAM_INTERVAL: Duration = Duration::from_millis(1);
+const STREAM_SIZE: usize = 200;
+/// How long each phase of the switching test lets the flows run.
+const PHASE: Duration = Duration::from_millis(400);
+/// Least number of packets a phase must count per direction under the reason it expects: two
+/// flows at about one datagram per STREAM_INTERVAL run for PHASE (about 700 per direction),
+/// so this leaves room for a slow machine while proving which way the packets went.
+const PHASE_MIN: u64 = 100;
+
+/// Status, hook and pod side after a switch: pod `i` is on `dps[i - 1]`.
+#[track_caller]
+fn assert_switched(
+    b: &Bench,
+    dps: [Datapath; 2],
+    orig: &[BTreeMap<String, String>; 2],
+    when: &str,
+) {
+    let ctl = b.xdp_ctl();
+    for ((i, dp), o) in (1..).zip(dps).zip(orig) {
+        let hv = b.host_veth(i);
+        let (prog, _) = assert_status(&ctl, &hv, dp, when);
+        assert_program_on_link(b, &hv, dp, prog, when);
+        assert_pod_side_attached(b, dp, i, o, when);
+    }
+}
+
+/// Switches `pods` to `to` under the running flows, checks status, hooks and pod side for
+/// `[pod 1, pod 2]` being on `now`, lets the flows run a [`PHASE`] and checks where the
+/// counters say their packets went: a packet from a pod on XDP to a pod on TC goes to the
+/// kernel (`tx_port_missing`: the devmap holds only XDP ports); any other pair is redirected.
+#[track_caller]
+fn switch_phase(
+    b: &Bench,
+    pods: &[u32],
+    to: Datapath,
+    now: [Datapath; 2],
+    orig: &[BTreeMap<String, String>; 2],
+) {
+    let what = format!(
+        "pods {pods:?} switched to {to} (pod 1 on {}, pod 2 on {})",
+        now[0], now[1]
+    );
+    if !pods.is_empty() {
+        b.attach(to, pods);
+    }
+    assert_switched(b, now, orig, &what);
+
+    let before = b.all_stats();
+    thread::sleep(PHASE);
+    let after = b.all_stats();
+    let counters = delta(&before, &after);
+    eprintln!("{what}: {counters}");
+    // Directions pod1 -> pod2 (the flows) and pod2 -> pod1 (their echoes).
+    let to_kernel = [(now[0], now[1]), (now[1], now[0])]
+        .iter()
+        .filter(|&&(src, dst)| src == Datapath::Xdp && dst == Datapath::Tc)
+        .count() as u64;
+    let redirected = grew(&before, &after, "redirected");
+    let missing = grew(&before, &after, "tx_port_missing");
+    assert!(
+        redirected >= (2 - to_kernel) * PHASE_MIN,
+        "{what}: too few redirected: {counters}"
+    );
+    if to_kernel == 0 {
+        assert_eq!(missing, 0, "{what}: packets went to the kernel: {counters}");
+    } else {
+        assert!(
+            missing >= to_kernel * PHASE_MIN,
+            "{what}: XDP -> TC packets were not passed to the kernel: {counters}"
+        );
+    }
+}
+
+/// Steady IPv4 and IPv6 flows (pod1 -> pod2 and echoes back, a datagram per millisecond
+/// each) while the interfaces go XDP -> TC and back, one at a time, then both at once: not one
+/// datagram may be lost; status, hooks, pod side and counters follow each step. Then a refused
+/// mode change, and detach gives the pods their original settings.
+///
+/// The kernel path is open (no DROP rule), as a pod on XDP sends to a pod on TC through it,
+/// except pod1 -> pod2 during the one-at-a-time switches: in that order, that direction never
+/// needs the kernel, so a moment without a program on a link would lose datagrams.
+#[test]
+fn switching_datapaths_under_traffic_loses_nothing() {
+    use Datapath::{Tc, Xdp};
+    require_root!();
+    let b = Bench::up(2);
+    let (p1, p2) = (b.pod_ns(1), b.pod_ns(2));
+    let orig = [pod_settings(&b, 1), pod_settings(&b, 2)];
+
+    b.attach_and_mesh(Xdp, &[1, 2]);
+    for v6 in [false, true] {
+        udp_echo(&p1, &p2, addr(&b, 2, v6), 3, 100, T_OK)
+            .unwrap_or_else(|e| panic!("{} over XDP before the flows: {e}", family(v6)));
+    }
+    let at_start = b.all_stats();
+    let streams: Vec<(&str, UdpStream)> = [false, true]
+        .into_iter()
+        .map(|v6| {
+            let s = UdpStream::start(&p1, &p2, addr(&b, 2, v6), STREAM_INTERVAL, STREAM_SIZE)
+                .unwrap_or_else(|e| panic!("{e}"));
+            (family(v6), s)
+        })
+        .collect();
+    for (fam, s) in &streams {
+        assert!(
+            s.wait_for_echoes(20, T_OK),
+            "the {fam} flow does not get through"
+        );
+    }
+
+    switch_phase(&b, &[], Xdp, [Xdp, Xdp], &orig);
+    b.drop_forwarding_between(1, 2, true);
+    switch_phase(&b, &[1], Tc, [Tc, Xdp], &orig);
+    switch_phase(&b, &[2], Tc, [Tc, Tc], &orig);
+    switch_phase(&b, &[2], Xdp, [Tc, Xdp], &orig);
+    switch_phase(&b, &[1], Xdp, [Xdp, Xdp], &orig);
+    let hits = b.forward_drops_between(1, 2);
+    b.drop_forwarding_between(1, 2, false);
+    switch_phase(&b, &[1, 2], Tc, [Tc, Tc], &orig);
+    switch_phase(&b, &[1, 2], Xdp, [Xdp, Xdp], &orig);
+
+    let (mut failures, mut packets) = (Vec::new(), 0u64);
+    for (fam, s) in streams {
+        let r = s.finish().unwrap_or_else(|e| panic!("{e}"));
+        eprintln!("{fam} flow: {r}");
+        if !r.lossless() {
+            failures.push(format!("{fam} flow: {r}"));
+        }
+        packets += u64::from(r.sent) + r.received.len() as u64 + u64::from(r.duplicates);
+    }
+    assert!(
+        failures.is_empty(),
+        "datagrams lost while switching datapaths (pod1 -> pod2 packets that met the kernel's \
+         FORWARD DROP during the one-at-a-time switches: IPv4 {}, IPv6 {}):\n{}",
+        hits.0,
+        hits.1,
+        failures.join("\n")
+    );
+    assert_eq!(
+        hits,
+        (0, 0),
+        "pod1 -> pod2 packets took the kernel path during a switch"
+    );
+    let at_end = b.all_stats();
+    // Both hooks on one link during a switch may count a packet twice (XDP passes it, then TC
+    // sees it), never zero times.
+    let counted =
+        grew(&at_start, &at_end, "redirected") + grew(&at_start, &at_end, "tx_port_missing");
+    eprintln!("flow packets {packets}, counted redirected + tx_port_missing {counted}");
+    assert!(
+        counted >= packets,
+        "{packets} flow packets crossed the host veths, but only {counted} were counted \
+         (redirected + tx_port_missing): some crossed a link with no program on it (counters: \
+         {})",
+        delta(&at_start, &at_end)
+    );
+
+    refused_mode_change_changes_nothing(&b, &orig);
+
+    b.xdp_ctl().run_ok(&["detach", "--all"]);
+    for (i, o) in (1..).zip(&orig) {
+        assert_eq!(&pod_settings(&b, i), o, "pod {i}'s settings after detach");
+    }
+    assert_nothing_on_links(&b, "after detach");
+    assert_no_pins(b.pin_dir(), "after detach");
+}
+
+/// With both pods on native XDP: changing the mode of an XDP attachment without detaching is
+/// refused with a one-line error, and changes nothing (status, hooks, pod side, forwarding).
+#[track_caller]
+fn refused_mode_change_changes_nothing(b: &Bench, orig: &[BTreeMap<String, String>; 2]) {
+    let ctl = b.xdp_ctl();
+    let hv1 = b.host_veth(1);
+    let status = ctl.status_interfaces();
+    let settings = [pod_settings(b, 1), pod_settings(b, 2)];
+    let out = ctl.run(&["attach", "--datapath", "xdp", "--mode", "skb", &hv1]);
+    assert_clean_failure(&out, None);
+    assert!(
+        out.stderr.to_lowercase().contains("mode"),
+        "the error does not say that the mode is the problem: {out}"
+    );
+    assert_eq!(
+        ctl.status_interfaces(),
+        status,
+        "a refused mode change changed the status"
+    );
+    assert_eq!(
+        [pod_settings(b, 1), pod_settings(b, 2)],
+        settings,
+        "a refused mode change changed the pod side"
+    );
+    let when = "after a refused mode change";
+    assert_switched(b, [Datapath::Xdp, Datapath::Xdp], orig, when);
+    b.drop_pod_forwarding();
+    for v6 in [false, true] {
+        udp_echo(&b.pod_ns(1), &b.pod_ns(2), addr(b, 2, v6), 3, 100, T_OK)
+            .unwrap_or_else(|e| panic!("{} over the fast path {when}: {e}", family(v6)));
+    }
 }

@@ -6,7 +6,10 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 
 /// Name of the XDP program in `EBPF_OBJECT`.
 pub const XDP_PROGRAM: &str = "xdp_fastpath";
+/// Name of the TC (TCX ingress) program in `EBPF_OBJECT`.
+pub const TC_PROGRAM: &str = "tc_fastpath";
 
+pub mod attach;
 pub mod ethtool;
 pub mod maps;
 pub mod netns;

@@ -5,10 +5,11 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use xdp_ctl::{
+    attach::{self, Datapath, Mode},
     maps::Prefix,
     netns,
     nl::parse_mac,
-    ops::{self, Mode},
+    ops,
     pin::{PinDir, DEFAULT_PIN_DIR},
 };
 
@@ -36,9 +37,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Load the datapath, attach it to IFACEs (pod host-side veths), pin it, and exit; it keeps
-    /// running. All-or-nothing: on any failure nothing new stays attached.
+    /// running. All-or-nothing: on any failure nothing changes. On an interface attached with
+    /// the other datapath, switches it (the new program runs before the old one goes).
     Attach {
-        /// XDP mode.
+        /// Which hook carries the fast path.
+        #[arg(long, value_enum, default_value_t = Datapath::Xdp)]
+        datapath: Datapath,
+        /// XDP attach mode (ignored with --datapath tc).
         #[arg(long, value_enum, default_value_t = Mode::Native)]
         mode: Mode,
         #[arg(required = true, value_name = "IFACE")]
@@ -151,20 +156,28 @@ fn run(cli: &Cli) -> Result<()> {
     }
     let pins = PinDir::new(&cli.pin_dir);
     match &cli.cmd {
-        Cmd::Attach { mode, ifaces } => {
-            let reports = ops::attach(&pins, ifaces, *mode)?;
+        Cmd::Attach {
+            datapath,
+            mode,
+            ifaces,
+        } => {
+            let reports = attach::attach(&pins, ifaces, *datapath, *mode)?;
             if cli.json {
                 print_json(&json!({ "attached": reports }));
             } else {
                 for r in &reports {
                     match r.result {
-                        "already-attached" => {
-                            println!("{}: already attached, nothing to do", r.iface);
-                        }
-                        _ => println!(
-                            "{}: attached ({} mode, link pinned at {})",
+                        "already-attached" => println!(
+                            "{}: already attached ({} {}), nothing to do",
                             r.iface,
-                            r.mode.name(),
+                            r.datapath.name(),
+                            r.mode
+                        ),
+                        result => println!(
+                            "{}: {result} ({} {}, link pinned at {})",
+                            r.iface,
+                            r.datapath.name(),
+                            r.mode,
                             r.pin_path.display()
                         ),
                     }
@@ -173,7 +186,7 @@ fn run(cli: &Cli) -> Result<()> {
         }
         Cmd::Detach { ifaces, all } => {
             let which = if *all { None } else { Some(ifaces.as_slice()) };
-            let reports = ops::detach(&pins, which)?;
+            let reports = attach::detach(&pins, which)?;
             if cli.json {
                 print_json(&json!({ "detached": reports }));
             } else if reports.is_empty() {
@@ -184,8 +197,9 @@ fn run(cli: &Cli) -> Result<()> {
             } else {
                 for r in &reports {
                     println!(
-                        "{}: detached ({} endpoints removed{})",
+                        "{}: detached {} ({} endpoints removed{})",
                         r.iface,
+                        r.datapath,
                         r.endpoints_removed,
                         if r.pod_settings_restored {
                             ", pod settings restored"

@@ -1,7 +1,7 @@
 //! The pin directory: where maps and links live on bpffs, and its lock.
 //!
 //! Layout (one directory per ABI layout version, so an upgrade never misreads old maps):
-//! `<root>/v<LAYOUT_VERSION>/maps/<MAP_NAME>` and `<root>/v<N>/links/xdp-<ifindex>`.
+//! `<root>/v<LAYOUT_VERSION>/maps/<MAP_NAME>` and `<root>/v<N>/links/{xdp,tcx}-<ifindex>`.
 use std::{
     fs::{self, File},
     io,
@@ -47,6 +47,10 @@ impl PinDir {
 
     pub fn xdp_link_path(&self, ifindex: u32) -> PathBuf {
         self.links_dir().join(format!("xdp-{ifindex}"))
+    }
+
+    pub fn tcx_link_path(&self, ifindex: u32) -> PathBuf {
+        self.links_dir().join(format!("tcx-{ifindex}"))
     }
 
     /// True if the maps of this layout are pinned here.

@@ -24,19 +24,24 @@ const IPV4_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
 
 pub struct Packet {
+    /// The directly accessible (linear) part: `[start, end)`.
     start: usize,
     end: usize,
+    /// The whole packet's length. For XDP (no frags) it is `end - start`; an skb's linear part
+    /// can be shorter than the packet (TCP data, GSO), so TC passes `skb->len`. IP length
+    /// fields are checked against this, never against the linear part.
+    len: usize,
 }
 
 impl Packet {
     #[inline(always)]
-    pub const fn new(start: usize, end: usize) -> Self {
-        Self { start, end }
+    pub const fn new(start: usize, end: usize, len: usize) -> Self {
+        Self { start, end, len }
     }
 
     #[inline(always)]
     pub const fn len(&self) -> usize {
-        self.end - self.start
+        self.len
     }
 
     /// The one bounds-checked accessor: a pointer to a `T` at `offset`, if it fits the packet.

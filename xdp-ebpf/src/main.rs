@@ -1,20 +1,29 @@
-//! The xdp-fastpath datapath: an XDP program for the host-side veth of each pod.
+//! The xdp-fastpath datapath: two hooks over one piece of logic and one set of maps.
 //!
-//! The hook-independent logic (parsing, lookups, anti-spoofing, rewrite, counters) lives in
-//! `fastpath`; this file only binds it to a hook. A TC (TCX + `bpf_redirect_peer`) hook can
-//! bind the same logic and the same maps.
+//! - `xdp_fastpath`: XDP on the host-side veth, redirecting through the `TX_PORTS` devmap.
+//! - `tc_fastpath`: TCX ingress on the host-side veth, redirecting with `bpf_redirect_peer`
+//!   straight into the target pod's namespace; the skb keeps its checksum state and GSO.
+//!
+//! Parsing, lookups, anti-spoofing, rewrite and counters live in `fastpath`; the hooks only
+//! commit the redirect in their own way.
 #![no_std]
 #![no_main]
 
 mod fastpath;
 mod maps;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{xdp_action, TC_ACT_OK},
+    helpers::generated::bpf_redirect_peer,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use common::Reason;
 use fastpath::{Packet, Verdict};
 
 #[xdp]
 pub fn xdp_fastpath(ctx: XdpContext) -> u32 {
-    let pkt = Packet::new(ctx.data(), ctx.data_end());
+    let pkt = Packet::new(ctx.data(), ctx.data_end(), ctx.data_end() - ctx.data());
     let ingress = ctx.ingress_ifindex() as u32;
     match fastpath::decide(&pkt, ingress) {
         Verdict::Pass(reason) => {
@@ -26,19 +35,59 @@ pub fn xdp_fastpath(ctx: XdpContext) -> u32 {
             // check membership first and rewrite only when the redirect is certain: a
             // rewritten frame passed to the kernel would carry the wrong MACs and TTL. The
             // fallback action (low bits of flags) is XDP_PASS when the port is missing.
+            // TX_PORTS holds only interfaces whose pod side takes native redirects.
             match maps::TX_PORTS.redirect(fwd.endpoint.ifindex, u64::from(xdp_action::XDP_PASS)) {
                 Ok(action) => {
                     fastpath::rewrite(&pkt, &fwd);
-                    fastpath::count(common::Reason::Redirected, pkt.len());
+                    fastpath::count(Reason::Redirected, pkt.len());
                     action
                 }
                 Err(_) => {
-                    fastpath::count(common::Reason::TxPortMissing, pkt.len());
+                    fastpath::count(Reason::TxPortMissing, pkt.len());
                     xdp_action::XDP_PASS
                 }
             }
         }
     }
+}
+
+/// Ethernet + IPv6 + the ICMPv6 type byte: the most `decide` reads.
+const PULL_LEN: u32 = 14 + 40 + 1;
+
+#[classifier]
+pub fn tc_fastpath(ctx: TcContext) -> i32 {
+    // An skb's linear part may hold only the Ethernet header (DESIGN.md section 3): pull what
+    // `decide` reads, or such packets would silently take the slow path. Pulling invalidates
+    // packet pointers, so the view is taken after it.
+    let want = core::cmp::min(ctx.len(), PULL_LEN);
+    if ctx.data_end() - ctx.data() < want as usize {
+        let _ = ctx.pull_data(want);
+    }
+    let len = ctx.len() as usize;
+    let pkt = Packet::new(ctx.data(), ctx.data_end(), len);
+    // SAFETY: reading a field of the program's own context.
+    let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    let verdict = match fastpath::decide(&pkt, ingress) {
+        Verdict::Pass(reason) => reason,
+        // A redirect into an interface we did not attach (an endpoint left behind by a gone
+        // pod, an ifindex now used by something else) would be dropped: check first.
+        // SAFETY: only tests for presence; the value is never read.
+        Verdict::Forward(fwd)
+            if unsafe { maps::ATTACHMENTS.get(&fwd.endpoint.ifindex) }.is_none() =>
+        {
+            Reason::TxPortMissing
+        }
+        Verdict::Forward(fwd) => {
+            fastpath::rewrite(&pkt, &fwd);
+            fastpath::count(Reason::Redirected, len);
+            // SAFETY: plain helper call; flags must be 0. It cannot fail for flags 0: it
+            // returns TC_ACT_REDIRECT and the skb moves to the peer of the target veth (the
+            // target pod's eth0), in the pod's namespace, after we return.
+            return unsafe { bpf_redirect_peer(fwd.endpoint.ifindex, 0) } as i32;
+        }
+    };
+    fastpath::count(verdict, len);
+    TC_ACT_OK as i32
 }
 
 #[cfg(not(test))]

@@ -15,13 +15,15 @@ pub static ENDPOINTS_V4: LpmTrie<Ipv4Key, Endpoint> = LpmTrie::with_max_entries(
 #[map]
 pub static ENDPOINTS_V6: LpmTrie<Ipv6Key, Endpoint> = LpmTrie::with_max_entries(MAX_ENDPOINTS, 0);
 
-/// Redirect targets: only interfaces whose pod side is prepared to receive redirected frames.
+/// XDP redirect targets: only interfaces whose pod side is prepared to receive native XDP
+/// redirects (GRO on, tx checksum off; DESIGN.md section 3).
 #[map]
 pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_PORTS, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
 
-/// Not read by the datapath: the record of what `xdp-ctl` attached (see `common::Attachment`).
+/// The record of what `xdp-ctl` attached (see `common::Attachment`). The TC program reads only
+/// membership: a `bpf_redirect_peer` target must be an interface we attached.
 #[map]
 pub static ATTACHMENTS: HashMap<u32, Attachment> = HashMap::with_max_entries(MAX_PORTS, 0);
