@@ -72,6 +72,15 @@ fn addr(b: &Bench, i: u32, v6: bool) -> IpAddr {
     }
 }
 
+/// The DROP-rule hit count of one address family from `Bench::forward_drops`.
+fn family_drops((v4, v6_hits): (u64, u64), v6: bool) -> u64 {
+    if v6 {
+        v6_hits
+    } else {
+        v4
+    }
+}
+
 fn family(v6: bool) -> &'static str {
     if v6 {
         "IPv6"
@@ -297,12 +306,10 @@ fn not_meshed_pods_meet_netfilter(dp: Datapath) {
             0,
             "{fam}: redirected: {counters}"
         );
-        let drops_after = b.forward_drops();
-        let (d0, d1) = if v6 {
-            (drops_before.1, drops_after.1)
-        } else {
-            (drops_before.0, drops_after.0)
-        };
+        let (d0, d1) = (
+            family_drops(drops_before, v6),
+            family_drops(b.forward_drops(), v6),
+        );
         assert!(
             d1 >= d0 + 3,
             "{fam}: not-meshed traffic did not meet the DROP rule"
@@ -366,12 +373,10 @@ fn spoofed_sources_meet_netfilter(dp: Datapath) {
                 0,
                 "{fam} {what}: {counters}"
             );
-            let drops_after = b.forward_drops();
-            let (d0, d1) = if v6 {
-                (drops_before.1, drops_after.1)
-            } else {
-                (drops_before.0, drops_after.0)
-            };
+            let (d0, d1) = (
+                family_drops(drops_before, v6),
+                family_drops(b.forward_drops(), v6),
+            );
             assert!(
                 d1 > d0,
                 "{fam} {what}: the spoofed packet did not reach the DROP rule"
