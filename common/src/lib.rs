@@ -18,6 +18,7 @@ pub mod map_names {
     pub const TX_PORTS: &str = "TX_PORTS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const ATTACHMENTS: &str = "ATTACHMENTS";
+    pub const CONTROLLER: &str = "CONTROLLER";
 }
 
 /// Capacity of each endpoint trie (pod addresses or prefixes per address family).
@@ -90,6 +91,33 @@ pub const ATT_MODE_TCX: u8 = 3;
 pub const ATT_F_PREPARED: u8 = 1 << 0;
 pub const ATT_F_ORIG_GRO_ON: u8 = 1 << 1;
 pub const ATT_F_ORIG_TX_CSUM_ON: u8 = 1 << 2;
+
+/// What the controller (`xdp-ctl run`) reports about itself: the single entry of the
+/// `CONTROLLER` array. The datapath never reads it; it lives on bpffs so that `xdp-ctl status`
+/// can show it from any process, and it survives a controller restart.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ControllerState {
+    /// PID of the running controller; 0 after a clean exit.
+    pub pid: u32,
+    /// 1 once the first full reconcile has been applied.
+    pub ready: u32,
+    pub endpoints_v4: u32,
+    pub endpoints_v6: u32,
+    pub interfaces: u32,
+    /// Pod routes seen on matching interfaces whose pod MAC is not known yet.
+    pub pending: u32,
+    pub started_unix_ms: u64,
+    /// Updated on every loop tick (liveness).
+    pub heartbeat_unix_ms: u64,
+    pub last_resync_unix_ms: u64,
+    pub resyncs: u64,
+    /// Map entries found different from what the controller had written, and repaired.
+    pub drift_repaired: u64,
+    pub reconciles: u64,
+    /// Map writes (inserts, updates, deletes) since start.
+    pub map_writes: u64,
+}
 
 /// Per-reason counter (value of the per-CPU `COUNTERS` array).
 #[repr(C)]
@@ -275,6 +303,7 @@ mod user {
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::Attachment {}
     unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::ControllerState {}
 }
 
 #[cfg(test)]
@@ -289,6 +318,7 @@ mod tests {
         assert_eq!(align_of::<Endpoint>(), 4);
         assert_eq!(size_of::<Attachment>(), 4 + 4 + 16);
         assert_eq!(size_of::<Counter>(), 16);
+        assert_eq!(size_of::<ControllerState>(), 6 * 4 + 7 * 8);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! 2. only then remove what the new attachments replace (switching an interface between XDP
 //!    and TC). The new program is running before the old one goes, so no traffic is
 //!    blackholed; see `commit_switch`.
-use std::{io, path::PathBuf};
+use std::{collections::HashMap, io, path::PathBuf};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::programs::{
@@ -143,7 +143,7 @@ struct Peer {
 }
 
 impl Peer {
-    fn locate(rtnl: &mut Rtnl, link: &Link) -> Result<Peer> {
+    fn locate(rtnl: &mut Rtnl, link: &Link, index: Option<&mut NsIndex>) -> Result<Peer> {
         if !link.is_veth() {
             bail!(
                 "{} is not a veth (kind: {}); xdp-fastpath attaches to the host side of pod veths",
@@ -151,27 +151,32 @@ impl Peer {
                 link.kind.as_deref().unwrap_or("none")
             );
         }
-        let index = link
+        let peer_index = link
             .peer_index
             .filter(|i| *i != 0)
             .ok_or_else(|| anyhow!("{}: the kernel reports no veth peer", link.name))?;
         let Some(nsid) = link.link_netnsid else {
-            return Ok(Peer { ns: None, index });
+            return Ok(Peer {
+                ns: None,
+                index: peer_index,
+            });
         };
-        let ns = netns::find_by_nsid(rtnl, nsid)
-            .context("searching network namespaces")?
-            .ok_or_else(|| {
-                anyhow!(
-                    "cannot find the network namespace of {}'s peer (netns id {nsid}): it is not \
-                     under /run/netns and no process runs in it; name it with \
-                     `ip netns attach NAME PID` and retry",
-                    link.name
-                )
-            })?;
+        let ns = match index {
+            Some(index) => index.take(rtnl, nsid)?,
+            None => netns::find_by_nsid(rtnl, nsid).context("searching network namespaces")?,
+        }
+        .ok_or_else(|| {
+            anyhow!(
+                "cannot find the network namespace of {}'s peer (netns id {nsid}): it is not \
+                 under /run/netns and no process runs in it; name it with \
+                 `ip netns attach NAME PID` and retry",
+                link.name
+            )
+        })?;
         debug!(iface = %link.name, ns = %ns.path.display(), "found veth peer namespace");
         Ok(Peer {
             ns: Some(ns),
-            index,
+            index: peer_index,
         })
     }
 
@@ -193,6 +198,31 @@ impl Peer {
     }
 }
 
+/// Namespaces by id, built once per attach batch (and rebuilt once on a miss, for namespaces
+/// created since).
+#[derive(Default)]
+struct NsIndex {
+    by_id: Option<HashMap<i32, Namespace>>,
+    rebuilt: bool,
+}
+
+impl NsIndex {
+    fn take(&mut self, rtnl: &mut Rtnl, nsid: i32) -> Result<Option<Namespace>> {
+        if self.by_id.is_none() {
+            self.by_id = Some(netns::index_by_nsid(rtnl).context("indexing network namespaces")?);
+        }
+        if let Some(ns) = self.by_id.as_mut().and_then(|m| m.remove(&nsid)) {
+            return Ok(Some(ns));
+        }
+        if self.rebuilt {
+            return Ok(None);
+        }
+        self.rebuilt = true;
+        self.by_id = Some(netns::index_by_nsid(rtnl).context("indexing network namespaces")?);
+        Ok(self.by_id.as_mut().and_then(|m| m.remove(&nsid)))
+    }
+}
+
 /// Frames redirected into a veth by XDP are only delivered if the peer has NAPI (GRO on), and
 /// lose their partial checksum, so the peer must compute checksums itself (DESIGN.md section 3).
 const PREPARED: Offloads = Offloads {
@@ -200,8 +230,8 @@ const PREPARED: Offloads = Offloads {
     tx_csum: false,
 };
 
-fn prepare_peer(rtnl: &mut Rtnl, link: &Link) -> Result<u8> {
-    let peer = Peer::locate(rtnl, link)?;
+fn prepare_peer(rtnl: &mut Rtnl, link: &Link, index: &mut NsIndex) -> Result<u8> {
+    let peer = Peer::locate(rtnl, link, Some(index))?;
     let (peer_name, orig) = peer
         .get()
         .with_context(|| format!("reading offloads of {}'s peer", link.name))?;
@@ -229,7 +259,7 @@ fn restore_peer(rtnl: &mut Rtnl, att: &Attachment) -> Result<()> {
     let Some(link) = rtnl.link_by_index(att.ifindex)? else {
         return Ok(());
     };
-    let peer = match Peer::locate(rtnl, &link) {
+    let peer = match Peer::locate(rtnl, &link, None) {
         Ok(p) => p,
         Err(e) => {
             warn!("{}: not restoring pod-side offloads: {e:#}", link.name);
@@ -254,7 +284,8 @@ pub struct AttachReport {
     pub datapath: Datapath,
     /// `native`, `skb` or `tcx`.
     pub mode: &'static str,
-    /// `attached`, `already-attached`, or `switched` (from the other datapath).
+    /// `attached`, `already-attached`, `switched` (from the other datapath), or
+    /// `replaced-stale` (the ifindex belonged to a gone interface, whose entries were dropped).
     pub result: &'static str,
     pub pin_path: PathBuf,
 }
@@ -296,7 +327,7 @@ enum Prog<'a> {
 }
 
 impl<'a> Prog<'a> {
-    fn load(ebpf: &'a mut aya::Ebpf, datapath: Datapath) -> Result<Self> {
+    fn get(ebpf: &'a mut aya::Ebpf, datapath: Datapath) -> Result<Self> {
         let name = match datapath {
             Datapath::Xdp => XDP_PROGRAM,
             Datapath::Tc => TC_PROGRAM,
@@ -305,17 +336,16 @@ impl<'a> Prog<'a> {
             .program_mut(name)
             .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
         Ok(match datapath {
-            Datapath::Xdp => {
-                let p: &mut Xdp = program.try_into().context("program type")?;
-                p.load().context("loading the XDP program (verifier)")?;
-                Prog::Xdp(p)
-            }
-            Datapath::Tc => {
-                let p: &mut SchedClassifier = program.try_into().context("program type")?;
-                p.load().context("loading the TC program (verifier)")?;
-                Prog::Tc(p)
-            }
+            Datapath::Xdp => Prog::Xdp(program.try_into().context("program type")?),
+            Datapath::Tc => Prog::Tc(program.try_into().context("program type")?),
         })
+    }
+
+    fn load(self) -> Result<()> {
+        match self {
+            Prog::Xdp(p) => p.load().context("loading the XDP program (verifier)"),
+            Prog::Tc(p) => p.load().context("loading the TC program (verifier)"),
+        }
     }
 
     /// Attaches to `link` through a bpf_link pinned at `path`, so it outlives this process.
@@ -366,6 +396,8 @@ struct Switch {
     new: Attachment,
 }
 
+/// Attaches `ifaces` (names in the current network namespace) with `datapath`; the CLI's
+/// `attach`. All-or-nothing.
 pub fn attach(
     pins: &PinDir,
     ifaces: &[String],
@@ -379,100 +411,141 @@ pub fn attach(
     // Resolve everything before changing anything.
     let links = resolve(&mut rtnl, ifaces)?;
     let _lock = pins.create_and_lock()?;
-    let mut ebpf = load(Some(pins))?;
-    let mut maps = Maps::from_ebpf(&mut ebpf)?;
-    let mut prog = Prog::load(&mut ebpf, datapath)?;
+    let mut attacher = Attacher::new(pins, datapath, mode)?;
+    attacher.attach(&mut rtnl, &links)
+}
 
-    let mut reports = Vec::new();
-    let mut undo: Vec<Undo> = Vec::new();
-    let mut switches: Vec<Switch> = Vec::new();
-    let phase1 = (|| -> Result<()> {
-        for link in &links {
-            let new = Attachment {
-                ifindex: link.index,
-                datapath: datapath.to_att(),
-                mode: match datapath {
-                    Datapath::Xdp => mode.to_att(),
-                    Datapath::Tc => ATT_MODE_TCX,
-                },
-                prep_flags: 0,
-                pad: 0,
-                name: name_bytes(&link.name),
-            };
-            let mut result = "attached";
-            match maps.attachment(link.index) {
-                Some(old) if live_old(pins, link, &old) => {
-                    if old.datapath == new.datapath {
-                        if old.mode != new.mode {
+/// A loaded datapath ready to attach interfaces: the object with its pinned maps and the
+/// verified program of one datapath. The CLI makes one per command; the controller keeps one,
+/// so the program is loaded (and verified) once however many interfaces come and go.
+/// The caller holds the pin directory's lock around each call.
+pub struct Attacher {
+    ebpf: aya::Ebpf,
+    pub maps: Maps,
+    pins: PinDir,
+    datapath: Datapath,
+    mode: Mode,
+}
+
+impl Attacher {
+    pub fn new(pins: &PinDir, datapath: Datapath, mode: Mode) -> Result<Self> {
+        let mut ebpf = load(Some(pins))?;
+        let maps = Maps::from_ebpf(&mut ebpf)?;
+        Prog::get(&mut ebpf, datapath)?.load()?;
+        Ok(Self {
+            ebpf,
+            maps,
+            pins: pins.clone(),
+            datapath,
+            mode,
+        })
+    }
+
+    pub fn datapath(&self) -> Datapath {
+        self.datapath
+    }
+
+    /// Attaches `links` in two phases (see the module docs). All-or-nothing.
+    pub fn attach(&mut self, rtnl: &mut Rtnl, links: &[Link]) -> Result<Vec<AttachReport>> {
+        let Self {
+            ebpf,
+            maps,
+            pins,
+            datapath,
+            mode,
+        } = self;
+        let (datapath, mode) = (*datapath, *mode);
+        let mut prog = Prog::get(ebpf, datapath)?;
+        let mut index = NsIndex::default();
+        let mut reports = Vec::new();
+        let mut undo: Vec<Undo> = Vec::new();
+        let mut switches: Vec<Switch> = Vec::new();
+        let phase1 = (|| -> Result<()> {
+            for link in links {
+                let new = Attachment {
+                    ifindex: link.index,
+                    datapath: datapath.to_att(),
+                    mode: match datapath {
+                        Datapath::Xdp => mode.to_att(),
+                        Datapath::Tc => ATT_MODE_TCX,
+                    },
+                    prep_flags: 0,
+                    pad: 0,
+                    name: name_bytes(&link.name),
+                };
+                let mut ctx = Step {
+                    pins,
+                    rtnl: &mut *rtnl,
+                    maps: &mut *maps,
+                    prog: &mut prog,
+                    index: &mut index,
+                    undo: &mut undo,
+                };
+                let mut result = "attached";
+                match ctx.maps.attachment(link.index) {
+                    Some(old) if live_old(pins, link, &old) => {
+                        if old.datapath == new.datapath {
+                            if old.mode != new.mode {
+                                bail!(
+                                    "{} is attached in {} mode; detach it first to change the mode",
+                                    link.name,
+                                    mode_name(&old)
+                                );
+                            }
+                            reports.push(report(pins, link, &new, "already-attached"));
+                            continue;
+                        }
+                        let new = ctx.add(link, new, Some(&old)).with_context(|| {
+                            format!("switching {} to {}", link.name, datapath.name())
+                        })?;
+                        switches.push(Switch {
+                            link: link.clone(),
+                            old,
+                            new,
+                        });
+                        result = "switched";
+                    }
+                    Some(_) => {
+                        // A stale record (interface gone, ifindex reused): forget it, never
+                        // inherit its endpoints.
+                        forget(pins, ctx.maps, link.index)?;
+                        ctx.add(link, new, None)
+                            .with_context(|| format!("attaching to {}", link.name))?;
+                        result = "replaced-stale";
+                    }
+                    None => {
+                        if let (Datapath::Xdp, Some(id)) = (datapath, link.xdp_prog_id) {
                             bail!(
-                                "{} is attached in {} mode; detach it first to change the mode",
+                                "{} already runs another XDP program (id {id}) that xdp-ctl did \
+                                 not attach; detach it first (`ip link set dev {} xdp off`)",
                                 link.name,
-                                mode_name(&old)
+                                link.name
                             );
                         }
-                        reports.push(report(pins, link, &new, "already-attached"));
-                        continue;
+                        ctx.add(link, new, None)
+                            .with_context(|| format!("attaching to {}", link.name))?;
                     }
-                    let new = add_attachment(
-                        pins,
-                        &mut rtnl,
-                        &mut maps,
-                        &mut prog,
-                        link,
-                        new,
-                        Some(&old),
-                        &mut undo,
-                    )
-                    .with_context(|| format!("switching {} to {}", link.name, datapath.name()))?;
-                    switches.push(Switch {
-                        link: link.clone(),
-                        old,
-                        new,
-                    });
-                    result = "switched";
                 }
-                Some(_) => {
-                    // A stale record (interface gone, ifindex reused): forget it, never inherit.
-                    forget_stale(pins, &mut maps, link.index)?;
-                    add_attachment(
-                        pins, &mut rtnl, &mut maps, &mut prog, link, new, None, &mut undo,
-                    )
-                    .with_context(|| format!("attaching to {}", link.name))?;
-                }
-                None => {
-                    if let (Datapath::Xdp, Some(id)) = (datapath, link.xdp_prog_id) {
-                        bail!(
-                            "{} already runs another XDP program (id {id}) that xdp-ctl did not \
-                             attach; detach it first (`ip link set dev {} xdp off`)",
-                            link.name,
-                            link.name
-                        );
-                    }
-                    add_attachment(
-                        pins, &mut rtnl, &mut maps, &mut prog, link, new, None, &mut undo,
-                    )
-                    .with_context(|| format!("attaching to {}", link.name))?;
-                }
+                reports.push(report(pins, link, &new, result));
             }
-            reports.push(report(pins, link, &new, result));
-        }
-        Ok(())
-    })();
+            Ok(())
+        })();
 
-    if let Err(e) = phase1 {
-        undo_all(pins, &mut rtnl, maps, undo)?;
-        return Err(e.context("nothing was changed (all-or-nothing)"));
+        if let Err(e) = phase1 {
+            undo_all(pins, rtnl, maps, undo)?;
+            return Err(e.context("nothing was changed (all-or-nothing)"));
+        }
+        for s in switches {
+            commit_switch(pins, rtnl, maps, &s).with_context(|| {
+                format!(
+                    "{}: removing the old {} attachment",
+                    s.link.name,
+                    dp_name(&s.old)
+                )
+            })?;
+        }
+        Ok(reports)
     }
-    for s in switches {
-        commit_switch(pins, &mut rtnl, &mut maps, &s).with_context(|| {
-            format!(
-                "{}: removing the old {} attachment",
-                s.link.name,
-                dp_name(&s.old)
-            )
-        })?;
-    }
-    Ok(reports)
 }
 
 fn resolve(rtnl: &mut Rtnl, ifaces: &[String]) -> Result<Vec<Link>> {
@@ -510,66 +583,68 @@ fn report(pins: &PinDir, link: &Link, att: &Attachment, result: &'static str) ->
     }
 }
 
-/// Phase 1 for one interface: everything the new attachment needs, undoable. With `old` (a
-/// live attachment of the other datapath), the record is left as it is until phase 2.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one step of attach, with its whole context"
-)]
-fn add_attachment(
-    pins: &PinDir,
-    rtnl: &mut Rtnl,
-    maps: &mut Maps,
-    prog: &mut Prog<'_>,
-    link: &Link,
-    mut att: Attachment,
-    old: Option<&Attachment>,
-    undo: &mut Vec<Undo>,
-) -> Result<Attachment> {
-    let datapath = Datapath::from_att(att.datapath).unwrap_or(Datapath::Xdp);
-    // Both hooks forward into the peer of a veth: bpf_redirect_peer only works towards a veth
-    // (or netkit), and the XDP path prepares the peer.
-    if !link.is_veth() {
-        bail!(
-            "{} is not a veth (kind: {}); xdp-fastpath attaches to the host side of pod veths",
-            link.name,
-            link.kind.as_deref().unwrap_or("none")
-        );
+/// What one phase-1 step works with.
+struct Step<'s, 'p> {
+    pins: &'s PinDir,
+    rtnl: &'s mut Rtnl,
+    maps: &'s mut Maps,
+    prog: &'s mut Prog<'p>,
+    index: &'s mut NsIndex,
+    undo: &'s mut Vec<Undo>,
+}
+
+impl Step<'_, '_> {
+    /// Phase 1 for one interface: everything the new attachment needs, undoable. With `old`
+    /// (a live attachment of the other datapath), the record is left as it is until phase 2.
+    fn add(
+        &mut self,
+        link: &Link,
+        mut att: Attachment,
+        old: Option<&Attachment>,
+    ) -> Result<Attachment> {
+        let datapath = Datapath::from_att(att.datapath).unwrap_or(Datapath::Xdp);
+        // Both hooks forward into the peer of a veth: bpf_redirect_peer only works towards a
+        // veth (or netkit), and the XDP path prepares the peer.
+        if !link.is_veth() {
+            bail!(
+                "{} is not a veth (kind: {}); xdp-fastpath attaches to the host side of pod veths",
+                link.name,
+                link.kind.as_deref().unwrap_or("none")
+            );
+        }
+        if datapath == Datapath::Xdp {
+            // The pod side must take native redirects before anyone redirects to it. Done in
+            // skb mode too: a generic redirect would not need it, but a native program on
+            // another veth may redirect here, and a native redirect into a veth whose peer has
+            // no NAPI is dropped silently (DESIGN.md section 3).
+            att.prep_flags = prepare_peer(self.rtnl, link, self.index)?;
+            self.undo.push(Undo::Peer(att));
+        }
+        if old.is_none() {
+            self.maps
+                .attachments
+                .insert(link.index, att, 0)
+                .context("recording the attachment (ATTACHMENTS full?)")?;
+            self.undo.push(Undo::Record(link.index));
+        }
+        if datapath == Datapath::Xdp {
+            self.maps
+                .tx_ports
+                .insert(link.index, link.index, None, 0)
+                .context("adding the interface to TX_PORTS (map full?)")?;
+            self.undo.push(Undo::TxPort(link.index));
+        }
+        // Attach last.
+        let path = link_pin(self.pins, datapath, link.index);
+        let mode = if att.mode == ATT_MODE_SKB {
+            Mode::Skb
+        } else {
+            Mode::Native
+        };
+        self.prog.attach(link, mode, &path)?;
+        self.undo.push(Undo::Link(path));
+        Ok(att)
     }
-    if datapath == Datapath::Xdp {
-        // The pod side must take native redirects before anyone redirects to it. Done in skb
-        // mode too: a generic redirect would not need it, but a native program on another
-        // veth may redirect here, and a native redirect into a veth whose peer has no NAPI is
-        // dropped silently (DESIGN.md section 3).
-        att.prep_flags = prepare_peer(rtnl, link)?;
-        undo.push(Undo::Peer(att));
-    }
-    if old.is_none() {
-        maps.attachments
-            .insert(link.index, att, 0)
-            .context("recording the attachment (ATTACHMENTS full?)")?;
-        undo.push(Undo::Record(link.index));
-    }
-    if datapath == Datapath::Xdp {
-        maps.tx_ports
-            .insert(link.index, link.index, None, 0)
-            .context("adding the interface to TX_PORTS (map full?)")?;
-        undo.push(Undo::TxPort(link.index));
-    }
-    // Attach last.
-    let path = link_pin(pins, datapath, link.index);
-    let mode = Datapath::from_att(att.datapath)
-        .filter(|d| *d == Datapath::Xdp)
-        .map_or(Mode::Native, |_| {
-            if att.mode == ATT_MODE_SKB {
-                Mode::Skb
-            } else {
-                Mode::Native
-            }
-        });
-    prog.attach(link, mode, &path)?;
-    undo.push(Undo::Link(path));
-    Ok(att)
 }
 
 /// Phase 2 of a datapath switch: the new program already runs (XDP runs before TCX on the
@@ -655,15 +730,14 @@ fn explain_attach_error(
 }
 
 /// Undoes phase 1 in reverse; removes the pins if that leaves nothing attached.
-fn undo_all(pins: &PinDir, rtnl: &mut Rtnl, mut maps: Maps, undo: Vec<Undo>) -> Result<()> {
+fn undo_all(pins: &PinDir, rtnl: &mut Rtnl, maps: &mut Maps, undo: Vec<Undo>) -> Result<()> {
     for step in undo.into_iter().rev() {
-        if let Err(u) = run_undo(rtnl, &mut maps, step) {
+        if let Err(u) = run_undo(rtnl, maps, step) {
             warn!("while undoing a failed attach: {u:#}");
         }
     }
     if maps.attachments()?.is_empty() {
         // The loaded object still holds map fds; unpinning only removes the names.
-        drop(maps);
         pins.remove_all()?;
     }
     Ok(())
@@ -678,8 +752,9 @@ fn run_undo(rtnl: &mut Rtnl, maps: &mut Maps, step: Undo) -> Result<()> {
     }
 }
 
-/// Drops every trace of an attachment whose interface is gone or was replaced.
-fn forget_stale(pins: &PinDir, maps: &mut Maps, ifindex: u32) -> Result<()> {
+/// Drops every trace of an attachment whose interface is gone or was replaced: its endpoints,
+/// redirect-target entry, links and record. (The pod, if any, is gone with the interface.)
+pub fn forget(pins: &PinDir, maps: &mut Maps, ifindex: u32) -> Result<()> {
     warn!(
         ifindex,
         "forgetting a stale attachment (interface gone or index reused)"

@@ -6,20 +6,21 @@ use aya::{
     maps::{
         lpm_trie::{Key, LpmTrie},
         xdp::DevMapHash,
-        HashMap, Map, MapData, PerCpuArray,
+        Array, HashMap, Map, MapData, PerCpuArray,
     },
     Ebpf,
 };
-use common::{map_names, Attachment, Counter, Endpoint, Ipv4Key, Ipv6Key, Reason};
+use common::{map_names, Attachment, ControllerState, Counter, Endpoint, Ipv4Key, Ipv6Key, Reason};
 
 use crate::pin::PinDir;
 
-pub const ALL_MAPS: [&str; 5] = [
+pub const ALL_MAPS: [&str; 6] = [
     map_names::ENDPOINTS_V4,
     map_names::ENDPOINTS_V6,
     map_names::TX_PORTS,
     map_names::COUNTERS,
     map_names::ATTACHMENTS,
+    map_names::CONTROLLER,
 ];
 
 pub struct Maps {
@@ -28,6 +29,7 @@ pub struct Maps {
     pub tx_ports: DevMapHash<MapData>,
     pub counters: PerCpuArray<MapData, Counter>,
     pub attachments: HashMap<MapData, u32, Attachment>,
+    pub controller: Array<MapData, ControllerState>,
 }
 
 /// An endpoint key: an address prefix.
@@ -126,6 +128,7 @@ impl Maps {
             tx_ports: take(ebpf, map_names::TX_PORTS)?,
             counters: take(ebpf, map_names::COUNTERS)?,
             attachments: take(ebpf, map_names::ATTACHMENTS)?,
+            controller: take(ebpf, map_names::CONTROLLER)?,
         })
     }
 
@@ -140,6 +143,7 @@ impl Maps {
             tx_ports: open(pins, map_names::TX_PORTS)?,
             counters: open(pins, map_names::COUNTERS)?,
             attachments: open(pins, map_names::ATTACHMENTS)?,
+            controller: open(pins, map_names::CONTROLLER)?,
         })
     }
 
@@ -228,6 +232,14 @@ impl Maps {
             .collect::<Result<_>>()?;
         v.sort_by_key(|a| a.ifindex);
         Ok(v)
+    }
+
+    pub fn controller_state(&self) -> ControllerState {
+        self.controller.get(&0, 0).unwrap_or_default()
+    }
+
+    pub fn set_controller_state(&mut self, st: &ControllerState) -> Result<()> {
+        self.controller.set(0, st, 0).context("writing CONTROLLER")
     }
 
     pub fn attachment(&self, ifindex: u32) -> Option<Attachment> {

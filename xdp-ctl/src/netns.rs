@@ -5,7 +5,7 @@
 //! current when it was created. We never change the mount namespace, so bpffs pins always land
 //! on the host's bpffs (DESIGN.md section 4: the `ip netns exec` pitfall).
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fs::{self, File},
     io,
     os::{fd::AsFd, unix::fs::MetadataExt},
@@ -69,17 +69,16 @@ pub struct Namespace {
     pub file: File,
 }
 
-/// Finds the namespace that our namespace knows as `nsid` (e.g. a veth's `IFLA_LINK_NETNSID`),
-/// by asking the kernel for the id of each candidate: named namespaces first, then the
-/// namespaces of running processes. Returns `None` if no candidate matches.
-pub fn find_by_nsid(rtnl: &mut Rtnl, nsid: i32) -> io::Result<Option<Namespace>> {
+/// Every namespace we can open, as paths: named namespaces first, then those of running
+/// processes (deduplicated by inode, our own left out).
+fn candidates() -> io::Result<Vec<PathBuf>> {
     let own = fs::metadata("/proc/thread-self/ns/net")?;
     let mut seen = HashSet::from([(own.dev(), own.ino())]);
-    let mut candidates: Vec<PathBuf> = Vec::new();
+    let mut paths: Vec<PathBuf> = Vec::new();
     if let Ok(rd) = fs::read_dir(NETNS_RUN_DIR) {
-        candidates.extend(rd.flatten().map(|e| e.path()));
+        paths.extend(rd.flatten().map(|e| e.path()));
     }
-    candidates.sort();
+    paths.sort();
     let mut procs: Vec<PathBuf> = fs::read_dir("/proc")?
         .flatten()
         .filter(|e| {
@@ -91,16 +90,16 @@ pub fn find_by_nsid(rtnl: &mut Rtnl, nsid: i32) -> io::Result<Option<Namespace>>
         .map(|e| e.path().join("ns/net"))
         .collect();
     procs.sort();
-    candidates.extend(procs);
+    paths.extend(procs);
+    // Processes come and go; unreadable candidates are skipped.
+    paths.retain(|p| fs::metadata(p).is_ok_and(|m| seen.insert((m.dev(), m.ino()))));
+    Ok(paths)
+}
 
-    for path in candidates {
-        // Processes come and go; unreadable candidates are skipped.
-        let Ok(meta) = fs::metadata(&path) else {
-            continue;
-        };
-        if !seen.insert((meta.dev(), meta.ino())) {
-            continue;
-        }
+/// Finds the namespace that our namespace knows as `nsid` (e.g. a veth's `IFLA_LINK_NETNSID`),
+/// by asking the kernel for the id of each candidate. Returns `None` if no candidate matches.
+pub fn find_by_nsid(rtnl: &mut Rtnl, nsid: i32) -> io::Result<Option<Namespace>> {
+    for path in candidates()? {
         let Ok(file) = File::open(&path) else {
             continue;
         };
@@ -109,4 +108,19 @@ pub fn find_by_nsid(rtnl: &mut Rtnl, nsid: i32) -> io::Result<Option<Namespace>>
         }
     }
     Ok(None)
+}
+
+/// All namespaces that have an id in ours, by id: one pass over the candidates, so that
+/// finding the peers of N veths costs O(N), not O(N * namespaces).
+pub fn index_by_nsid(rtnl: &mut Rtnl) -> io::Result<HashMap<i32, Namespace>> {
+    let mut index = HashMap::new();
+    for path in candidates()? {
+        let Ok(file) = File::open(&path) else {
+            continue;
+        };
+        if let Some(id) = rtnl.nsid_of(file.as_fd())? {
+            index.entry(id).or_insert(Namespace { path, file });
+        }
+    }
+    Ok(index)
 }

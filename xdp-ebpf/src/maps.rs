@@ -3,10 +3,11 @@
 //! object without touching bpffs.
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::LpmTrie, DevMapHash, HashMap, PerCpuArray},
+    maps::{lpm_trie::LpmTrie, Array, DevMapHash, HashMap, PerCpuArray},
 };
 use common::{
-    Attachment, Counter, Endpoint, Ipv4Key, Ipv6Key, MAX_ENDPOINTS, MAX_PORTS, REASON_COUNT,
+    Attachment, ControllerState, Counter, Endpoint, Ipv4Key, Ipv6Key, MAX_ENDPOINTS, MAX_PORTS,
+    REASON_COUNT,
 };
 
 #[map]
@@ -27,3 +28,7 @@ pub static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON
 /// membership: a `bpf_redirect_peer` target must be an interface we attached.
 #[map]
 pub static ATTACHMENTS: HashMap<u32, Attachment> = HashMap::with_max_entries(MAX_PORTS, 0);
+
+/// Not read by the datapath: the controller's self-report (see `common::ControllerState`).
+#[map]
+pub static CONTROLLER: Array<ControllerState> = Array::with_max_entries(1, 0);
