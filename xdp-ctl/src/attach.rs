@@ -826,30 +826,41 @@ pub fn detach(pins: &PinDir, ifaces: Option<&[String]>) -> Result<Vec<DetachRepo
         }
     };
 
+    let reports = detach_records(pins, &mut maps, &mut rtnl, &targets)?;
+    if maps.attachments()?.is_empty() {
+        drop(maps);
+        pins.remove_all()?;
+    }
+    Ok(reports)
+}
+
+/// Detaches the interfaces of `targets`; the caller holds the lock. Stops redirecting into
+/// each first, then detaches (both link kinds: a switch interrupted between its phases leaves
+/// both), then gives the pod its settings back.
+pub fn detach_records(
+    pins: &PinDir,
+    maps: &mut Maps,
+    rtnl: &mut Rtnl,
+    targets: &[Attachment],
+) -> Result<Vec<DetachReport>> {
     let mut reports = Vec::new();
     for att in targets {
-        let name = att_name(&att);
-        // Stop redirecting into it first, then detach (both link kinds: a switch interrupted
-        // between its phases leaves both), then give the pod its settings back.
-        let endpoints_removed = remove_endpoints_on(&mut maps, att.ifindex)?;
+        let name = att_name(att);
+        let endpoints_removed = remove_endpoints_on(maps, att.ifindex)?;
         let _ = maps.tx_ports.remove(att.ifindex);
         unpin(&pins.xdp_link_path(att.ifindex))?;
         unpin(&pins.tcx_link_path(att.ifindex))?;
-        restore_peer(&mut rtnl, &att).with_context(|| format!("detaching {name}"))?;
+        restore_peer(rtnl, att).with_context(|| format!("detaching {name}"))?;
         maps.attachments
             .remove(&att.ifindex)
             .context("ATTACHMENTS")?;
         reports.push(DetachReport {
             iface: name,
             ifindex: att.ifindex,
-            datapath: dp_name(&att),
+            datapath: dp_name(att),
             endpoints_removed,
             pod_settings_restored: att.prep_flags & ATT_F_PREPARED != 0,
         });
-    }
-    if maps.attachments()?.is_empty() {
-        drop(maps);
-        pins.remove_all()?;
     }
     Ok(reports)
 }

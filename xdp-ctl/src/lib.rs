@@ -10,6 +10,7 @@ pub const XDP_PROGRAM: &str = "xdp_fastpath";
 pub const TC_PROGRAM: &str = "tc_fastpath";
 
 pub mod attach;
+pub mod controller;
 pub mod ethtool;
 pub mod maps;
 pub mod netns;

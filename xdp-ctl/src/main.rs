@@ -65,10 +65,46 @@ enum Cmd {
     /// Manage the local pod endpoints the datapath forwards to.
     #[command(subcommand)]
     Endpoint(EndpointCmd),
-    /// Show attached interfaces.
+    /// Run the controller: follow links, routes and neighbours over rtnetlink and keep the
+    /// datapath equal to the node's pods (attach pod veths as they appear, program their
+    /// endpoints, forget them when they go). Stops on SIGTERM/SIGINT; the datapath stays.
+    Run(RunArgs),
+    /// Show attached interfaces (and the controller, if one runs).
     Status,
     /// Show packet and byte counters per reason.
     Stats,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Host veths whose name starts with P are pod interfaces (repeatable), e.g. cali, lxc.
+    #[arg(long = "iface-prefix", value_name = "P", required = true)]
+    iface_prefixes: Vec<String>,
+    /// Pod addresses in C are meshed (repeatable); default: every discovered pod.
+    #[arg(long = "meshed-cidr", value_name = "C")]
+    meshed: Vec<Prefix>,
+    /// Pod addresses in C are left to the kernel entirely (repeatable).
+    #[arg(long = "exclude-cidr", value_name = "C")]
+    exclude: Vec<Prefix>,
+    /// Which hook carries the fast path.
+    #[arg(long, value_enum, default_value_t = Datapath::Xdp)]
+    datapath: Datapath,
+    /// XDP attach mode (ignored with --datapath tc).
+    #[arg(long, value_enum, default_value_t = Mode::Native)]
+    mode: Mode,
+    /// Seconds between full dump-and-diff resyncs.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = positive_secs)]
+    resync_interval: f64,
+    /// Detach everything on SIGTERM/SIGINT (default: leave the datapath in place).
+    #[arg(long)]
+    detach_on_exit: bool,
+}
+
+fn positive_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.05..=86_400.0).contains(&v) => Ok(v),
+        _ => Err(format!("invalid interval {s:?} (seconds, 0.05 to 86400)")),
+    }
 }
 
 #[derive(Subcommand)]
@@ -109,10 +145,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                // The controller logs what it does; one-shot commands only warn.
+                let default = if matches!(cli.cmd, Cmd::Run(_)) {
+                    "info"
+                } else {
+                    "warn"
+                };
+                tracing_subscriber::EnvFilter::new(default)
+            }),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -253,6 +297,20 @@ fn run(cli: &Cli) -> Result<()> {
                 }
             }
         }
+        Cmd::Run(a) => {
+            let opts = xdp_ctl::controller::RunOptions {
+                config: xdp_ctl::controller::state::Config {
+                    iface_prefixes: a.iface_prefixes.clone(),
+                    meshed: a.meshed.clone(),
+                    exclude: a.exclude.clone(),
+                },
+                datapath: a.datapath,
+                mode: a.mode,
+                resync_interval: std::time::Duration::from_secs_f64(a.resync_interval),
+                detach_on_exit: a.detach_on_exit,
+            };
+            xdp_ctl::controller::run(&pins, opts)?;
+        }
         Cmd::Status => {
             let st = ops::status(&pins)?;
             if cli.json {
@@ -291,6 +349,9 @@ fn print_status(st: &ops::Status) {
         "endpoints: {} IPv4, {} IPv6",
         st.endpoints_v4, st.endpoints_v6
     );
+    if let Some(c) = &st.controller {
+        print_controller(c);
+    }
     if st.interfaces.is_empty() {
         println!("no interfaces attached");
         return;
@@ -318,6 +379,31 @@ fn print_status(st: &ops::Status) {
             }
         );
     }
+}
+
+fn print_controller(c: &ops::ControllerView) {
+    if !c.running {
+        println!(
+            "controller: not running (last heartbeat {}s ago; the datapath keeps forwarding)",
+            c.heartbeat_age_ms / 1000
+        );
+        return;
+    }
+    let resync = c.last_resync_age_ms.map_or_else(
+        || "never".to_string(),
+        |ms| format!("{}.{}s ago", ms / 1000, ms % 1000 / 100),
+    );
+    println!(
+        "controller: pid {}, {}, {} interfaces, {} pending, last resync {resync}, {} resyncs, \
+         {} drift repaired, {} map writes",
+        c.pid,
+        if c.ready { "ready" } else { "NOT READY" },
+        c.interfaces,
+        c.pending,
+        c.resyncs,
+        c.drift_repaired,
+        c.map_writes
+    );
 }
 
 fn print_json(v: &impl serde::Serialize) {

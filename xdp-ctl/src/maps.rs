@@ -92,6 +92,25 @@ impl Prefix {
         }
     }
 
+    /// The host prefix of one address.
+    pub fn host(addr: IpAddr) -> Self {
+        Prefix {
+            addr,
+            len: if addr.is_ipv4() { 32 } else { 128 },
+        }
+    }
+
+    /// True if `addr` is inside this prefix.
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        addr.is_ipv4() == self.addr.is_ipv4()
+            && Prefix {
+                addr,
+                len: self.len,
+            }
+            .network()
+                == self.addr
+    }
+
     pub fn is_host(&self) -> bool {
         self.len == if self.addr.is_ipv4() { 32 } else { 128 }
     }

@@ -15,6 +15,7 @@ use netlink_packet_route::{
     link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage, LinkXdp},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
     nsid::{NsidAttribute, NsidMessage},
+    route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType},
     AddressFamily, RouteNetlinkMessage,
 };
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -41,6 +42,23 @@ impl Link {
     pub fn is_veth(&self) -> bool {
         self.kind.as_deref() == Some("veth")
     }
+}
+
+/// A host route (/32 or /128) in the main table out of one interface, as CNIs install for
+/// each pod: `10.244.0.5/32 dev caliXXX scope link`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostRoute {
+    pub addr: IpAddr,
+    pub oif: u32,
+}
+
+/// A usable neighbour entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Neigh {
+    pub ifindex: u32,
+    pub addr: IpAddr,
+    /// `None` when the entry is not usable (incomplete, failed, no address).
+    pub mac: Option<[u8; 6]>,
 }
 
 pub struct Rtnl {
@@ -151,6 +169,51 @@ impl Rtnl {
         }
     }
 
+    /// Every host route of one family in the main table.
+    pub fn host_routes(&mut self, family: AddressFamily) -> io::Result<Vec<HostRoute>> {
+        let mut req = RouteMessage::default();
+        req.header.address_family = family;
+        let msgs = self.request(RouteNetlinkMessage::GetRoute(req), NLM_F_DUMP)?;
+        Ok(msgs
+            .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(r) => parse_host_route(r),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Every neighbour entry (both families).
+    pub fn neighbours(&mut self) -> io::Result<Vec<Neigh>> {
+        let msgs = self.request(
+            RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default()),
+            NLM_F_DUMP,
+        )?;
+        Ok(msgs
+            .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewNeighbour(n) => parse_neigh(n),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The link `index` of the namespace our namespace calls `nsid` (`IFLA_TARGET_NETNSID`):
+    /// a veth peer, read without entering the pod's namespace.
+    pub fn link_in_netns(&mut self, index: u32, nsid: i32) -> io::Result<Option<Link>> {
+        let mut req = LinkMessage::default();
+        req.header.index = index;
+        req.attributes.push(LinkAttribute::IfNetnsId(nsid));
+        match self.request(RouteNetlinkMessage::GetLink(req), 0) {
+            Ok(msgs) => Ok(msgs.iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(parse_link(l)),
+                _ => None,
+            })),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENODEV | libc::EINVAL)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The link-layer address of neighbour `ip` on `ifindex`, if the entry is usable.
     pub fn neighbour_mac(&mut self, ifindex: u32, ip: IpAddr) -> io::Result<Option<[u8; 6]>> {
         let mut req = NeighbourMessage::default();
@@ -211,7 +274,67 @@ impl Rtnl {
     }
 }
 
-fn parse_link(l: &LinkMessage) -> Link {
+/// A host route of the main table with an output interface and no gateway, else `None`.
+pub fn parse_host_route(r: &RouteMessage) -> Option<HostRoute> {
+    let full = match r.header.address_family {
+        AddressFamily::Inet => 32,
+        AddressFamily::Inet6 => 128,
+        _ => return None,
+    };
+    if r.header.destination_prefix_length != full || r.header.kind != RouteType::Unicast {
+        return None;
+    }
+    let mut table = u32::from(r.header.table);
+    let (mut addr, mut oif, mut gateway) = (None, None, false);
+    for a in &r.attributes {
+        match a {
+            RouteAttribute::Destination(RouteAddress::Inet(v4)) => addr = Some(IpAddr::V4(*v4)),
+            RouteAttribute::Destination(RouteAddress::Inet6(v6)) => addr = Some(IpAddr::V6(*v6)),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Gateway(_) | RouteAttribute::Via(_) | RouteAttribute::MultiPath(_) => {
+                gateway = true;
+            }
+            RouteAttribute::Table(t) => table = *t,
+            _ => {}
+        }
+    }
+    if table != u32::from(RouteHeader::RT_TABLE_MAIN) || gateway {
+        return None;
+    }
+    Some(HostRoute {
+        addr: addr?,
+        oif: oif?,
+    })
+}
+
+/// A neighbour entry of an IP address; `mac` is `None` when it is not usable.
+pub fn parse_neigh(n: &NeighbourMessage) -> Option<Neigh> {
+    let mut addr = None;
+    let mut mac = None;
+    for a in &n.attributes {
+        match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
+                addr = Some(IpAddr::V4(*v4));
+            }
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
+                addr = Some(IpAddr::V6(*v6));
+            }
+            NeighbourAttribute::LinkLayerAddress(l) => mac = <[u8; 6]>::try_from(l.as_slice()).ok(),
+            _ => {}
+        }
+    }
+    let usable = !matches!(
+        n.header.state,
+        NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None
+    );
+    Some(Neigh {
+        ifindex: n.header.ifindex,
+        addr: addr?,
+        mac: mac.filter(|_| usable),
+    })
+}
+
+pub fn parse_link(l: &LinkMessage) -> Link {
     let mut link = Link {
         index: l.header.index,
         up: l

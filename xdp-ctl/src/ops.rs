@@ -3,7 +3,7 @@ use std::{net::IpAddr, path::PathBuf};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::programs::links::{FdLink, LinkInfo, PinnedLink};
-use common::{Counter, Endpoint, Reason, EP_F_MESHED};
+use common::{ControllerState, Counter, Endpoint, Reason, EP_F_MESHED};
 use serde::Serialize;
 
 use crate::{
@@ -143,6 +143,61 @@ pub struct Status {
     pub interfaces: Vec<InterfaceStatus>,
     pub endpoints_v4: usize,
     pub endpoints_v6: usize,
+    /// The controller's self-report; `None` if no controller ever ran on this pin dir.
+    pub controller: Option<ControllerView>,
+}
+
+/// `xdp-ctl run` as seen from outside.
+#[derive(Debug, Serialize)]
+pub struct ControllerView {
+    /// The process exists and its heartbeat is recent.
+    pub running: bool,
+    pub pid: u32,
+    /// The first full reconcile has been applied (and the controller is running).
+    pub ready: bool,
+    pub interfaces: u32,
+    pub endpoints_v4: u32,
+    pub endpoints_v6: u32,
+    pub pending: u32,
+    pub heartbeat_age_ms: u64,
+    /// `None` before the first resync.
+    pub last_resync_age_ms: Option<u64>,
+    pub resyncs: u64,
+    pub drift_repaired: u64,
+    pub reconciles: u64,
+    pub map_writes: u64,
+}
+
+/// A heartbeat older than this means the controller is gone or stuck.
+const HEARTBEAT_STALE_MS: u64 = 5_000;
+
+fn controller_view(st: &ControllerState) -> Option<ControllerView> {
+    if st.started_unix_ms == 0 {
+        return None;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let heartbeat_age_ms = now.saturating_sub(st.heartbeat_unix_ms);
+    let running = st.pid != 0
+        && std::path::Path::new(&format!("/proc/{}", st.pid)).exists()
+        && heartbeat_age_ms < HEARTBEAT_STALE_MS;
+    Some(ControllerView {
+        running,
+        pid: st.pid,
+        ready: running && st.ready != 0,
+        interfaces: st.interfaces,
+        endpoints_v4: st.endpoints_v4,
+        endpoints_v6: st.endpoints_v6,
+        pending: st.pending,
+        heartbeat_age_ms,
+        last_resync_age_ms: (st.last_resync_unix_ms != 0)
+            .then(|| now.saturating_sub(st.last_resync_unix_ms)),
+        resyncs: st.resyncs,
+        drift_repaired: st.drift_repaired,
+        reconciles: st.reconciles,
+        map_writes: st.map_writes,
+    })
 }
 
 pub fn status(pins: &PinDir) -> Result<Status> {
@@ -152,11 +207,13 @@ pub fn status(pins: &PinDir) -> Result<Status> {
         interfaces: Vec::new(),
         endpoints_v4: 0,
         endpoints_v6: 0,
+        controller: None,
     };
     if !pins.has_maps() {
         return Ok(st);
     }
     let maps = Maps::open_pinned(pins)?;
+    st.controller = controller_view(&maps.controller_state());
     let mut rtnl = Rtnl::new().context("opening rtnetlink")?;
     for att in maps.attachments()? {
         let datapath = Datapath::from_att(att.datapath).unwrap_or(Datapath::Xdp);

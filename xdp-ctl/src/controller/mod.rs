@@ -1,0 +1,501 @@
+//! `xdp-ctl run`: the controller that keeps the fast path equal to the node's pods.
+//!
+//! One owner of the netlink view (an actor on a single-threaded runtime): it subscribes to
+//! link, IPv4/IPv6 route and neighbour events *before* its initial dump, folds events into
+//! `state::Node`, and reconciles the dirty keys into the maps after a short debounce:
+//! attach new pod veths, write endpoint adds and changes, then deletes, then forget gone
+//! interfaces. A periodic dump-and-diff resync repairs and counts drift; a netlink overrun
+//! triggers one at once. Everything it creates is pinned, so `kill -9` leaves forwarding
+//! running and a new controller adopts it without a gap.
+pub mod state;
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{anyhow, Context as _, Result};
+use common::{ControllerState, Endpoint};
+use futures::StreamExt as _;
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::AsyncSocket as _;
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    time::{sleep_until, Instant},
+};
+use tracing::{debug, info, warn};
+
+use self::state::{plan, Config, LinkFacts, Node};
+use crate::{
+    attach::{self, Attacher, Datapath, Mode},
+    maps::Prefix,
+    nl::{self, Link, Rtnl},
+    pin::PinDir,
+};
+
+pub struct RunOptions {
+    pub config: Config,
+    pub datapath: Datapath,
+    pub mode: Mode,
+    pub resync_interval: Duration,
+    pub detach_on_exit: bool,
+}
+
+/// Quiet time after the last event before a reconcile...
+const DEBOUNCE: Duration = Duration::from_millis(20);
+/// ...but never later than this after the first pending event.
+const MAX_DELAY: Duration = Duration::from_millis(100);
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// rtnetlink multicast groups (linux/rtnetlink.h `RTNLGRP_*`).
+const GROUPS: [u32; 4] = [
+    1,  /* LINK */
+    3,  /* NEIGH */
+    7,  /* IPV4_ROUTE */
+    11, /* IPV6_ROUTE */
+];
+/// Room for event bursts (thousands of pods changing at once) before the kernel overruns us.
+const RCVBUF: usize = 8 << 20;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Runs the controller until SIGTERM or SIGINT.
+pub fn run(pins: &PinDir, opts: RunOptions) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(run_async(pins, opts))
+}
+
+async fn run_async(pins: &PinDir, opts: RunOptions) -> Result<()> {
+    pins.check_bpffs()?;
+    // Subscribe before the initial dump, so nothing is missed between the two.
+    let (mut conn, _handle, mut events) =
+        rtnetlink::new_connection().context("opening the rtnetlink event socket")?;
+    {
+        let sock = conn.socket_mut().socket_mut();
+        for g in GROUPS {
+            sock.add_membership(g)
+                .with_context(|| format!("subscribing to rtnetlink group {g}"))?;
+        }
+        if let Err(e) = sock.set_rx_buf_sz(RCVBUF) {
+            warn!("could not enlarge the netlink receive buffer: {e}");
+        }
+    }
+    tokio::spawn(conn);
+
+    let mut c = Controller::start(pins, opts)?;
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+
+    // The first full reconcile; not ready before it is applied.
+    tokio::select! {
+        r = async { c.full_sync(false) } => r?,
+        _ = term.recv() => return c.shutdown(),
+        _ = int.recv() => return c.shutdown(),
+    }
+    info!(
+        interfaces = c.state.interfaces,
+        endpoints = c.realized.len(),
+        pending = c.pending.len(),
+        "ready"
+    );
+
+    let mut resync = tokio::time::interval_at(
+        Instant::now() + c.opts.resync_interval,
+        c.opts.resync_interval,
+    );
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    let mut deadline: Option<Instant> = None;
+    let mut first_pending: Option<Instant> = None;
+    loop {
+        let debounce = async {
+            match deadline {
+                Some(d) => sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            ev = events.next() => {
+                let Some((msg, _)) = ev else {
+                    return Err(anyhow!("the rtnetlink event socket closed"));
+                };
+                if c.apply_event(msg) {
+                    warn!("netlink overrun: events were lost, resyncing now");
+                    c.resync_logged();
+                    deadline = None;
+                    first_pending = None;
+                } else if c.node.has_dirty() {
+                    let now = Instant::now();
+                    let first = *first_pending.get_or_insert(now);
+                    deadline = Some((now + DEBOUNCE).min(first + MAX_DELAY));
+                }
+            }
+            () = debounce => {
+                deadline = None;
+                first_pending = None;
+                if let Err(e) = c.reconcile_dirty() {
+                    warn!("reconcile failed (the next resync retries): {e:#}");
+                }
+            }
+            _ = resync.tick() => c.resync_logged(),
+            _ = heartbeat.tick() => c.publish(),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    c.shutdown()
+}
+
+struct Controller {
+    pins: PinDir,
+    opts: RunOptions,
+    attacher: Attacher,
+    rtnl: Rtnl,
+    node: Node,
+    /// What the maps hold, as far as we know (checked against the maps at each resync).
+    realized: HashMap<Prefix, Endpoint>,
+    pending: HashSet<Prefix>,
+    /// Veth peer MACs by host ifindex, with the peer identity they were read for.
+    peer_macs: HashMap<u32, ((u32, i32), [u8; 6])>,
+    state: ControllerState,
+}
+
+impl Controller {
+    fn start(pins: &PinDir, opts: RunOptions) -> Result<Self> {
+        // Loading reuses pinned maps; only creating them needs the lock.
+        let attacher = if pins.has_maps() {
+            Attacher::new(pins, opts.datapath, opts.mode)?
+        } else {
+            let _lock = pins.create_and_lock()?;
+            Attacher::new(pins, opts.datapath, opts.mode)?
+        };
+        let now = now_ms();
+        let mut c = Controller {
+            pins: pins.clone(),
+            opts,
+            attacher,
+            rtnl: Rtnl::new().context("opening rtnetlink")?,
+            node: Node::default(),
+            realized: HashMap::new(),
+            pending: HashSet::new(),
+            peer_macs: HashMap::new(),
+            state: ControllerState {
+                pid: std::process::id(),
+                started_unix_ms: now,
+                heartbeat_unix_ms: now,
+                ..ControllerState::default()
+            },
+        };
+        c.publish();
+        Ok(c)
+    }
+
+    fn publish(&mut self) {
+        self.state.heartbeat_unix_ms = now_ms();
+        let (mut v4, mut v6) = (0u32, 0u32);
+        for p in self.realized.keys() {
+            match p.addr {
+                IpAddr::V4(_) => v4 += 1,
+                IpAddr::V6(_) => v6 += 1,
+            }
+        }
+        self.state.endpoints_v4 = v4;
+        self.state.endpoints_v6 = v6;
+        self.state.pending = u32::try_from(self.pending.len()).unwrap_or(u32::MAX);
+        if let Err(e) = self.attacher.maps.set_controller_state(&self.state) {
+            warn!("publishing controller state: {e:#}");
+        }
+    }
+
+    /// What we keep of a link: for a veth, its peer's MAC read through the namespace id
+    /// (cached per peer identity; pod-side changes are picked up by the resync, which drops
+    /// the cache).
+    fn facts(&mut self, l: &Link) -> LinkFacts {
+        let peer = match (l.is_veth(), l.peer_index, l.link_netnsid) {
+            (true, Some(i), Some(ns)) if self.opts.config.matches_iface(&l.name) => Some((i, ns)),
+            _ => None,
+        };
+        let peer_mac = peer.and_then(|id| match self.peer_macs.get(&l.index) {
+            Some((cached, mac)) if *cached == id => Some(*mac),
+            _ => {
+                let mac = self
+                    .rtnl
+                    .link_in_netns(id.0, id.1)
+                    .ok()
+                    .flatten()
+                    .and_then(|p| p.mac)?;
+                self.peer_macs.insert(l.index, (id, mac));
+                Some(mac)
+            }
+        });
+        LinkFacts {
+            index: l.index,
+            name: l.name.clone(),
+            mac: l.mac,
+            is_veth: l.is_veth(),
+            peer_mac,
+        }
+    }
+
+    /// Folds one event into the model. Returns true on an overrun (events were lost).
+    fn apply_event(&mut self, msg: NetlinkMessage<RouteNetlinkMessage>) -> bool {
+        let m = match msg.payload {
+            NetlinkPayload::InnerMessage(m) => m,
+            NetlinkPayload::Overrun(_) => return true,
+            _ => return false,
+        };
+        match m {
+            RouteNetlinkMessage::NewLink(l) => {
+                let link = nl::parse_link(&l);
+                let facts = self.facts(&link);
+                self.node.upsert_link(facts);
+            }
+            RouteNetlinkMessage::DelLink(l) => {
+                self.peer_macs.remove(&l.header.index);
+                self.node.remove_link(l.header.index);
+            }
+            RouteNetlinkMessage::NewRoute(r) => {
+                if let Some(r) = nl::parse_host_route(&r) {
+                    self.node.upsert_route(r.addr, r.oif);
+                }
+            }
+            RouteNetlinkMessage::DelRoute(r) => {
+                if let Some(r) = nl::parse_host_route(&r) {
+                    self.node.remove_route(r.addr, r.oif);
+                }
+            }
+            RouteNetlinkMessage::NewNeighbour(n) => {
+                if let Some(n) = nl::parse_neigh(&n) {
+                    self.node.set_neigh(n.ifindex, n.addr, n.mac);
+                }
+            }
+            RouteNetlinkMessage::DelNeighbour(n) => {
+                if let Some(n) = nl::parse_neigh(&n) {
+                    self.node.set_neigh(n.ifindex, n.addr, None);
+                }
+            }
+            _ => {}
+        }
+        false
+    }
+
+    fn resync_logged(&mut self) {
+        if let Err(e) = self.full_sync(true) {
+            warn!("resync failed (retrying at the next one): {e:#}");
+        }
+    }
+
+    /// Dumps links, routes and neighbours into a fresh model and the maps into `realized`,
+    /// then reconciles everything. With `count_drift`, every write it needs is drift: with
+    /// no lost event and no foreign write, a resync writes nothing.
+    fn full_sync(&mut self, count_drift: bool) -> Result<()> {
+        let started = std::time::Instant::now();
+        self.peer_macs.clear();
+        let mut node = Node::default();
+        let links = self.rtnl.links().context("dumping links")?;
+        for l in &links {
+            let f = self.facts(l);
+            node.upsert_link(f);
+        }
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            for r in self.rtnl.host_routes(family).context("dumping routes")? {
+                node.upsert_route(r.addr, r.oif);
+            }
+        }
+        for n in self.rtnl.neighbours().context("dumping neighbours")? {
+            node.set_neigh(n.ifindex, n.addr, n.mac);
+        }
+        let dumped = started.elapsed();
+        self.node = node;
+        self.node.mark_all_dirty();
+        let (mut keys, mut link_keys) = self.node.take_dirty();
+
+        let lock = self.pins.lock()?;
+        self.realized = self.attacher.maps.endpoints()?.into_iter().collect();
+        keys.extend(self.realized.keys().copied());
+        keys.sort();
+        keys.dedup();
+        // Records of interfaces that no longer exist must be forgotten too.
+        link_keys.extend(self.attacher.maps.attachments()?.iter().map(|a| a.ifindex));
+        link_keys.sort_unstable();
+        link_keys.dedup();
+        let writes = self.reconcile_locked(&keys, &link_keys)?;
+        drop(lock);
+
+        self.state.resyncs += 1;
+        self.state.last_resync_unix_ms = now_ms();
+        if count_drift {
+            self.state.drift_repaired += writes;
+            if writes > 0 {
+                warn!(writes, "resync repaired drift");
+            }
+        }
+        self.state.ready = 1;
+        self.publish();
+        debug!(?dumped, total = ?started.elapsed(), writes, "full sync");
+        Ok(())
+    }
+
+    fn reconcile_dirty(&mut self) -> Result<()> {
+        if !self.node.has_dirty() {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let (keys, links) = self.node.take_dirty();
+        let nkeys = keys.len();
+        let lock = self.pins.lock()?;
+        let writes = self.reconcile_locked(&keys, &links)?;
+        drop(lock);
+        self.publish();
+        debug!(keys = nkeys, links = links.len(), writes, took = ?started.elapsed(), "reconciled");
+        Ok(())
+    }
+
+    /// Applies the desired state of `keys` and `links` to the maps: attach new pod veths,
+    /// endpoint adds and changes, endpoint deletes, then forget or detach interfaces that are
+    /// gone or no longer wanted. Returns the number of map writes and attachment changes.
+    fn reconcile_locked(&mut self, keys: &[Prefix], links: &[u32]) -> Result<u64> {
+        let cfg = self.opts.config.clone();
+        let cfg = &cfg;
+        let mut writes = 0u64;
+        let records: HashMap<u32, common::Attachment> = if links.is_empty() {
+            HashMap::new()
+        } else {
+            self.attacher
+                .maps
+                .attachments()?
+                .into_iter()
+                .map(|a| (a.ifindex, a))
+                .collect()
+        };
+
+        // 1. Interfaces that should carry the datapath (the Attacher no-ops live ones).
+        let mut to_attach = Vec::new();
+        for &i in links {
+            if self.node.wants_link(cfg, i) {
+                if let Some(l) = self.rtnl.link_by_index(i)? {
+                    to_attach.push(l);
+                }
+            }
+        }
+        writes += self.attach_batch(&to_attach);
+
+        // 2. Endpoints: adds and changes first, then deletes.
+        let p = plan(&self.node, cfg, &self.realized, keys.iter().copied());
+        for k in keys {
+            self.pending.remove(k);
+        }
+        self.pending.extend(p.pending.iter().copied());
+        for (prefix, ep) in p.upserts {
+            match self.attacher.maps.insert_endpoint(prefix, &ep) {
+                Ok(()) => {
+                    self.realized.insert(prefix, ep);
+                    writes += 1;
+                }
+                Err(e) => warn!("{e:#}"),
+            }
+        }
+        for prefix in p.deletes {
+            match self.attacher.maps.remove_endpoint(prefix) {
+                Ok(_) => {
+                    self.realized.remove(&prefix);
+                    writes += 1;
+                }
+                Err(e) => warn!("{e:#}"),
+            }
+        }
+
+        // 3. Interfaces no longer wanted: gone ones are forgotten; existing ones (renamed,
+        //    or out of the configured prefixes) are detached and their pods restored.
+        for &i in links {
+            let Some(att) = records.get(&i) else { continue };
+            if self.node.wants_link(cfg, i) {
+                continue;
+            }
+            if self.node.link(i).is_some() {
+                attach::detach_records(
+                    &self.pins,
+                    &mut self.attacher.maps,
+                    &mut self.rtnl,
+                    &[*att],
+                )?;
+            } else {
+                attach::forget(&self.pins, &mut self.attacher.maps, i)?;
+            }
+            self.realized.retain(|_, ep| ep.ifindex != i);
+            writes += 1;
+            info!(ifindex = i, "interface forgotten");
+        }
+        self.state.interfaces = u32::try_from(self.attacher.maps.attachments()?.len()).unwrap_or(0);
+        self.state.reconciles += 1;
+        self.state.map_writes += writes;
+        Ok(writes)
+    }
+
+    /// Attaches a batch in one go; if the batch fails (all-or-nothing), one by one, so that a
+    /// single bad interface (e.g. one that vanished meanwhile) does not hold up the others.
+    fn attach_batch(&mut self, links: &[Link]) -> u64 {
+        if links.is_empty() {
+            return 0;
+        }
+        let reports = match self.attacher.attach(&mut self.rtnl, links) {
+            Ok(r) => r,
+            Err(e) => {
+                debug!("batch attach failed, retrying one by one: {e:#}");
+                let mut all = Vec::new();
+                for l in links {
+                    match self
+                        .attacher
+                        .attach(&mut self.rtnl, std::slice::from_ref(l))
+                    {
+                        Ok(r) => all.extend(r),
+                        Err(e) => warn!("{}: {e:#}", l.name),
+                    }
+                }
+                all
+            }
+        };
+        let mut changed = 0;
+        for r in reports {
+            match r.result {
+                "already-attached" => {}
+                "replaced-stale" => {
+                    // Attach dropped the old interface's entries from the maps.
+                    self.realized.retain(|_, ep| ep.ifindex != r.ifindex);
+                    changed += 1;
+                }
+                _ => {
+                    info!(iface = %r.iface, datapath = r.datapath.name(), result = r.result, "attached");
+                    changed += 1;
+                }
+            }
+        }
+        changed
+    }
+
+    fn shutdown(mut self) -> Result<()> {
+        if self.opts.detach_on_exit {
+            let _lock = self.pins.lock()?;
+            let all = self.attacher.maps.attachments()?;
+            attach::detach_records(&self.pins, &mut self.attacher.maps, &mut self.rtnl, &all)?;
+            self.pins.remove_all()?;
+            info!(
+                interfaces = all.len(),
+                "detached everything (--detach-on-exit)"
+            );
+            return Ok(());
+        }
+        self.state.pid = 0;
+        self.state.ready = 0;
+        self.publish();
+        info!("stopped; the datapath stays attached");
+        Ok(())
+    }
+}
