@@ -449,7 +449,7 @@ run_trial() { # run_trial DATAPATH RULES TRIAL
   jq -nc --arg s "$scen" --arg d "$dp" --argjson r "$rules" --argjson t "$trial" \
     --argjson tcp "$tcp" --argjson rr "$rr" --argjson udp "$udp" \
     '{scenario: $s, datapath: $d, rules: $r, trial: $t, tcp: $tcp, rr: $rr, udp64: $udp}' \
-    | tee -a "$TRIALS_JSONL" >/dev/null
+    >>"$TRIALS_JSONL"
   jq -r '"\(.scenario) trial \(.trial): TCP \(.tcp.gbps * 100 | round / 100) Gbit/s | RR p50 \(.rr.p50_us) us, p99 \(.rr.p99_us) us | UDP \(.udp64.rx_pps / 1000 | round) kpps received (\(.udp64.lost_percent * 10 | round / 10)% lost)"
          + (if .tcp.redirected_packets then " | redirected pkts: tcp \(.tcp.redirected_packets), rr \(.rr.redirected_packets), udp \(.udp64.redirected_packets)" else "" end)
          + " | kernel-forwarded pkts: tcp \(.tcp.kernel_forwarded_packets), rr \(.rr.kernel_forwarded_packets), udp \(.udp64.kernel_forwarded_packets)"' \
