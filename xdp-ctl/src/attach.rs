@@ -706,9 +706,9 @@ fn explain_attach_error(
     };
     let hint = match (datapath, errno) {
         (Datapath::Xdp, Some(libc::ERANGE)) => format!(
-            "the veth peer's MTU is too large for XDP without multi-buffer support (kernel: \
-             \"Peer MTU is too large to set XDP\"); lower the pod MTU (MTU now {}) below about \
-             3,500, or use --datapath tc",
+            "the kernel refused the veth's MTU for XDP (MTU now {}; the program is \
+             multi-buffer capable, so this kernel may lack veth XDP multi-buffer support); \
+             lower the pod MTU or use --datapath tc",
             link.mtu.unwrap_or(0)
         ),
         (Datapath::Xdp, Some(libc::EBUSY | libc::EEXIST)) => {

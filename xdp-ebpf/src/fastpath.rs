@@ -27,9 +27,10 @@ pub struct Packet {
     /// The directly accessible (linear) part: `[start, end)`.
     start: usize,
     end: usize,
-    /// The whole packet's length. For XDP (no frags) it is `end - start`; an skb's linear part
-    /// can be shorter than the packet (TCP data, GSO), so TC passes `skb->len`. IP length
-    /// fields are checked against this, never against the linear part.
+    /// The whole packet's length: the linear part can be shorter than the packet (XDP
+    /// multi-buffer frames, an skb's paged TCP data or GSO), so XDP passes
+    /// `bpf_xdp_get_buff_len` and TC `skb->len`. IP length fields are checked against this,
+    /// never against the linear part.
     len: usize,
 }
 

@@ -14,16 +14,22 @@ mod maps;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK},
-    helpers::generated::bpf_redirect_peer,
+    helpers::generated::{bpf_redirect_peer, bpf_xdp_get_buff_len},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
 use common::Reason;
 use fastpath::{Packet, Verdict};
 
-#[xdp]
+/// Declared multi-buffer capable (`xdp.frags`): without it the kernel refuses to attach to a
+/// veth whose peer MTU exceeds one page (ERANGE, "Peer MTU is too large"), so pods with jumbo
+/// MTU could not have the fast path. Headers are always in the first buffer; only length
+/// checks need the whole frame, which `bpf_xdp_get_buff_len` gives.
+#[xdp(frags)]
 pub fn xdp_fastpath(ctx: XdpContext) -> u32 {
-    let pkt = Packet::new(ctx.data(), ctx.data_end(), ctx.data_end() - ctx.data());
+    // SAFETY: plain helper call on the program's own context.
+    let len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as usize;
+    let pkt = Packet::new(ctx.data(), ctx.data_end(), len);
     let ingress = ctx.ingress_ifindex() as u32;
     match fastpath::decide(&pkt, ingress) {
         Verdict::Pass(reason) => {
