@@ -28,6 +28,8 @@ usage() {
 Usage:
   ${PROG} up [N] [--name PREFIX] [--forward-rules K]
   ${PROG} down [--name PREFIX]
+  ${PROG} add-pods FROM TO [--name PREFIX]
+  ${PROG} del-pods FROM TO [--name PREFIX]
   ${PROG} help
 
 Builds the routed pod-to-pod bench of DESIGN.md section 1 inside network namespaces only.
@@ -38,7 +40,14 @@ Builds the routed pod-to-pod bench of DESIGN.md section 1 inside network namespa
           Fails if namespaces with this prefix already exist. On failure, everything it
           created is removed again.
   down    Delete every PREFIX-node / PREFIX-pod<i> namespace (their veths go with them).
-          Idempotent: nothing to delete is not an error.
+          Idempotent: nothing to delete is not an error. Removes added pods too.
+  add-pods
+          Add pods FROM..TO to a running bench (PREFIX-node must exist), built exactly like
+          the pods of 'up'. Fails if one of them already exists; on failure, the pods of
+          this range are removed again.
+  del-pods
+          Remove pods FROM..TO from a running bench: each host veth first (its routes and
+          neighbours go with it, at once), then the pod namespace. Idempotent.
 
 Options:
   N                    number of pods, 1..${MAX_PODS} (default ${DEFAULT_PODS})
@@ -51,6 +60,8 @@ Examples:
   ${PROG} up 2
   ip netns exec ${DEFAULT_PREFIX}-pod1 ping -c1 10.244.0.2
   ${PROG} up 1000 --name b --forward-rules 2000
+  ${PROG} add-pods 1001 1050 --name b
+  ${PROG} del-pods 1 25 --name b
   ${PROG} down
 EOF
 }
@@ -111,18 +122,79 @@ do_down() {
   say "down: done"
 }
 
+# --- building pods (up, add-pods) ---------------------------------------------------------
+
+# Creates the veths of pods FROM..TO (their namespaces must exist) and configures the node side
+# and the pods. Batch files go to DIR.
+build_pods() {
+  local from=$1 to=$2 dir=$3 i node
+  node=$(node_ns)
+  say "creating $((to - from + 1)) veth pair(s): $(host_if "$from")..$(host_if "$to") in ${node} <-> eth0 in each pod"
+  for ((i = from; i <= to; i++)); do
+    pod_vars "$i"
+    # Both ends are created directly in their namespaces: nothing appears in the host's.
+    echo "link add ${P_HV} address ${P_HMAC} netns ${node} type veth" \
+      "peer name eth0 address ${P_MAC} netns ${P_NS}"
+  done >"$dir/veth.batch"
+  ip -batch "$dir/veth.batch"
+
+  say "node ${node}: links up, proxy_arp=1, /32 + /128 routes and permanent neighbours per pod"
+  local sysctl_args=()
+  for ((i = from; i <= to; i++)); do
+    pod_vars "$i"
+    echo "link set ${P_HV} up"
+    echo "route add ${P_V4}/32 dev ${P_HV} scope link"
+    echo "route add ${P_V6}/128 dev ${P_HV}"
+    echo "neigh replace ${P_V4} lladdr ${P_MAC} dev ${P_HV} nud permanent"
+    echo "neigh replace ${P_V6} lladdr ${P_MAC} dev ${P_HV} nud permanent"
+    sysctl_args+=("net.ipv4.conf.${P_HV}.proxy_arp=1")
+  done >"$dir/node.batch"
+  ip -n "$node" -batch "$dir/node.batch"
+  # Explicit as well as inherited from "default" (set by 'up'); one process for all veths.
+  ip netns exec "$node" sysctl -q -w "${sysctl_args[@]}" >/dev/null
+
+  say "pods: eth0 up, addresses (v6 nodad), gateway routes, permanent gateway neighbours"
+  mkdir -p "$dir/pods"
+  for ((i = from; i <= to; i++)); do
+    pod_vars "$i"
+    cat >"$dir/pods/${P_NS}" <<EOF
+link set lo up
+link set eth0 up
+addr add ${P_V4}/32 dev eth0
+addr add ${P_V6}/128 dev eth0 nodad
+route add 169.254.1.1/32 dev eth0 scope link
+route add default via 169.254.1.1 dev eth0
+neigh replace 169.254.1.1 lladdr ${P_HMAC} dev eth0 nud permanent
+route add ::/0 via fe80::1 dev eth0
+neigh replace fe80::1 lladdr ${P_HMAC} dev eth0 nud permanent
+EOF
+    printf '%s\n' "$P_NS"
+  done >"$dir/pods.list"
+  # One ip process per pod namespace (ip cannot switch namespaces inside a batch), run on
+  # all CPUs. xargs exits non-zero if any of them failed; ip names the failing line.
+  (cd "$dir/pods" && xargs -P "$(nproc)" -I{} ip -n {} -batch {} <"$dir/pods.list") \
+    || die "configuring the pod namespaces failed (see the ip error above)"
+}
+
 # --- up ---------------------------------------------------------------------------------
 
 UP_COMPLETE=0
 TMPDIR_UP=""
+# "FROM TO" while add-pods runs: what a failure has to remove again (else: everything).
+ADD_RANGE=""
 
 cleanup_failed_up() {
   local rc=$?
   trap - EXIT INT TERM
   if [ -n "$TMPDIR_UP" ]; then rm -rf -- "$TMPDIR_UP"; fi
   if [ "$UP_COMPLETE" -ne 1 ]; then
-    printf '[bench-netns] error: up did not complete (status %d); removing what it created\n' "$rc" >&2
-    do_down || true
+    printf '[bench-netns] error: %s did not complete (status %d); removing what it created\n' "$CMD" "$rc" >&2
+    if [ -n "$ADD_RANGE" ]; then
+      # shellcheck disable=SC2086 # "FROM TO"
+      do_del_pods $ADD_RANGE || true
+    else
+      do_down || true
+    fi
     [ "$rc" -ne 0 ] || rc=1
   fi
   exit "$rc"
@@ -192,51 +264,7 @@ do_up() {
     net.ipv6.conf.default.accept_dad=0 >/dev/null
   ip -n "$node" link set lo up
 
-  say "creating ${n} veth pair(s): $(host_if 1)..$(host_if "$n") in ${node} <-> eth0 in each pod"
-  for ((i = 1; i <= n; i++)); do
-    pod_vars "$i"
-    # Both ends are created directly in their namespaces: nothing appears in the host's.
-    echo "link add ${P_HV} address ${P_HMAC} netns ${node} type veth" \
-      "peer name eth0 address ${P_MAC} netns ${P_NS}"
-  done >"$TMPDIR_UP/veth.batch"
-  ip -batch "$TMPDIR_UP/veth.batch"
-
-  say "node ${node}: links up, proxy_arp=1, /32 + /128 routes and permanent neighbours per pod"
-  local sysctl_args=()
-  for ((i = 1; i <= n; i++)); do
-    pod_vars "$i"
-    echo "link set ${P_HV} up"
-    echo "route add ${P_V4}/32 dev ${P_HV} scope link"
-    echo "route add ${P_V6}/128 dev ${P_HV}"
-    echo "neigh replace ${P_V4} lladdr ${P_MAC} dev ${P_HV} nud permanent"
-    echo "neigh replace ${P_V6} lladdr ${P_MAC} dev ${P_HV} nud permanent"
-    sysctl_args+=("net.ipv4.conf.${P_HV}.proxy_arp=1")
-  done >"$TMPDIR_UP/node.batch"
-  ip -n "$node" -batch "$TMPDIR_UP/node.batch"
-  # Explicit as well as inherited from "default" above (one process for all veths).
-  ip netns exec "$node" sysctl -q -w "${sysctl_args[@]}" >/dev/null
-
-  say "pods: eth0 up, addresses (v6 nodad), gateway routes, permanent gateway neighbours"
-  mkdir "$TMPDIR_UP/pods"
-  for ((i = 1; i <= n; i++)); do
-    pod_vars "$i"
-    cat >"$TMPDIR_UP/pods/${P_NS}" <<EOF
-link set lo up
-link set eth0 up
-addr add ${P_V4}/32 dev eth0
-addr add ${P_V6}/128 dev eth0 nodad
-route add 169.254.1.1/32 dev eth0 scope link
-route add default via 169.254.1.1 dev eth0
-neigh replace 169.254.1.1 lladdr ${P_HMAC} dev eth0 nud permanent
-route add ::/0 via fe80::1 dev eth0
-neigh replace fe80::1 lladdr ${P_HMAC} dev eth0 nud permanent
-EOF
-    printf '%s\n' "$P_NS"
-  done >"$TMPDIR_UP/pods.list"
-  # One ip process per pod namespace (ip cannot switch namespaces inside a batch), run on
-  # all CPUs. xargs exits non-zero if any of them failed; ip names the failing line.
-  (cd "$TMPDIR_UP/pods" && xargs -P "$(nproc)" -I{} ip -n {} -batch {} <"$TMPDIR_UP/pods.list") \
-    || die "configuring the pod namespaces failed (see the ip error above)"
+  build_pods 1 "$n" "$TMPDIR_UP"
 
   if [ "$rules" -gt 0 ]; then
     say "node ${node}: loading ${rules} never-matching FORWARD rules into iptables and ip6tables"
@@ -274,6 +302,77 @@ EOF
   print_summary "$n" "$rules" "$start" 2>/dev/null || true
 }
 
+# --- add-pods / del-pods (on a running bench) ---------------------------------------------
+
+# Our pod namespaces numbered FROM..TO that exist.
+pods_in_range() {
+  local from=$1 to=$2
+  list_ours | awk -v p="${PREFIX}-pod" -v f="$from" -v t="$to" \
+    'index($0, p) == 1 { n = substr($0, length(p) + 1) + 0; if (n >= f && n <= t) print }'
+}
+
+do_del_pods() {
+  local from=$1 to=$2 node links ours
+  node=$(node_ns)
+  if ip netns list 2>/dev/null | awk '{print $1}' | grep -qx "$node"; then
+    # The host veths first: they (with their routes and neighbours) go at once, whereas a
+    # deleted namespace takes its veth along only when the kernel gets round to freeing it.
+    links=$(ip -n "$node" -o link show 2>/dev/null \
+      | awk -F': ' -v p="${PREFIX}h" -v f="$from" -v t="$to" '{
+          name = $2; sub(/@.*/, "", name)
+          if (index(name, p) == 1) {
+            rest = substr(name, length(p) + 1)
+            if (rest ~ /^[0-9]+$/ && rest + 0 >= f && rest + 0 <= t) print name
+          }
+        }')
+    if [ -n "$links" ]; then
+      say "deleting $(printf '%s\n' "$links" | wc -l) host veth(s) of pods ${from}..${to} in ${node}"
+      printf '%s\n' "$links" | sed 's/^/link del /' | ip -n "$node" -force -batch - || true
+    fi
+  fi
+  ours=$(pods_in_range "$from" "$to")
+  if [ -n "$ours" ]; then
+    say "deleting $(printf '%s\n' "$ours" | wc -l) pod namespace(s) of pods ${from}..${to}"
+    printf '%s\n' "$ours" | sed 's/^/netns del /' | ip -force -batch - || true
+  fi
+  ours=$(pods_in_range "$from" "$to")
+  if [ -n "$ours" ]; then
+    die "could not delete: $(printf '%s ' $ours)"
+  fi
+  say "del-pods: done"
+}
+
+do_add_pods() {
+  local from=$1 to=$2 i node existing
+  node=$(node_ns)
+  ip netns list 2>/dev/null | awk '{print $1}' | grep -qx "$node" \
+    || die "no bench with prefix '${PREFIX}' (namespace ${node} does not exist); run '${PROG} up' first"
+  existing=$(pods_in_range "$from" "$to")
+  if [ -n "$existing" ]; then
+    die "pods of ${from}..${to} already exist: $(printf '%s ' $existing)"
+  fi
+
+  TMPDIR_UP=$(mktemp -d /tmp/bench-netns.XXXXXX)
+  ADD_RANGE="$from $to"
+  trap cleanup_failed_up EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+
+  say "adding pods ${from}..${to}: namespaces $(pod_ns "$from")..$(pod_ns "$to")"
+  for ((i = from; i <= to; i++)); do
+    pod_vars "$i"
+    echo "netns add ${P_NS}"
+  done >"$TMPDIR_UP/netns.batch"
+  ip -batch "$TMPDIR_UP/netns.batch"
+  build_pods "$from" "$to" "$TMPDIR_UP"
+
+  UP_COMPLETE=1
+  rm -rf -- "$TMPDIR_UP"
+  TMPDIR_UP=""
+  trap - EXIT INT TERM
+  say "add-pods: done"
+}
+
 # --- argument parsing -------------------------------------------------------------------
 
 [ $# -ge 1 ] || {
@@ -287,12 +386,12 @@ case "$CMD" in
     usage
     exit 0
     ;;
-  up | down) ;;
-  *) usage_error "unknown command '$CMD' (expected up, down or help)" ;;
+  up | down | add-pods | del-pods) ;;
+  *) usage_error "unknown command '$CMD' (expected up, down, add-pods, del-pods or help)" ;;
 esac
 
 PREFIX=$DEFAULT_PREFIX
-PODS=""
+POSITIONAL=()
 RULES=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -322,27 +421,47 @@ while [ $# -gt 0 ]; do
       ;;
     -*) usage_error "unknown option '$1'" ;;
     *)
-      [ "$CMD" = up ] || usage_error "'down' takes no pod count (got '$1')"
-      [ -z "$PODS" ] || usage_error "pod count given twice ('$PODS' and '$1')"
-      PODS=$1
+      case "$CMD" in
+        down) usage_error "'down' takes no pod count (got '$1')" ;;
+        up) [ "${#POSITIONAL[@]}" -eq 0 ] || usage_error "pod count given twice ('${POSITIONAL[0]}' and '$1')" ;;
+        *) [ "${#POSITIONAL[@]}" -lt 2 ] || usage_error "'$CMD' takes two pod numbers, FROM and TO (got a third, '$1')" ;;
+      esac
+      POSITIONAL+=("$1")
       shift
       ;;
   esac
 done
-PODS=${PODS:-$DEFAULT_PODS}
 
 [[ $PREFIX =~ ^[A-Za-z0-9]+$ ]] || usage_error "prefix '$PREFIX' must be letters and digits only"
-{ is_uint "$PODS" && [ "${#PODS}" -le 6 ]; } || usage_error "pod count '$PODS' is not a number 1..${MAX_PODS}"
-{ is_uint "$RULES" && [ "${#RULES}" -le 7 ]; } || usage_error "--forward-rules '$RULES' is not a number 0..1000000"
-PODS=$((10#$PODS))
-RULES=$((10#$RULES))
-if [ "$CMD" = up ]; then
-  [ "$PODS" -ge 1 ] && [ "$PODS" -le "$MAX_PODS" ] || usage_error "pod count must be 1..${MAX_PODS} (got ${PODS})"
-  longest="${PREFIX}h${PODS}"
+
+# A pod number 1..MAX_PODS whose host veth name PREFIXh<N> fits IFNAMSIZ; $2 names it.
+check_pod_number() {
+  { is_uint "$1" && [ "${#1}" -le 6 ]; } || usage_error "$2 '$1' is not a number 1..${MAX_PODS}"
+  local v=$((10#$1))
+  [ "$v" -ge 1 ] && [ "$v" -le "$MAX_PODS" ] || usage_error "$2 must be 1..${MAX_PODS} (got ${v})"
+  local longest="${PREFIX}h${v}"
   [ "${#longest}" -le "$IFNAMSIZ_MAX" ] \
     || usage_error "interface name '${longest}' is longer than ${IFNAMSIZ_MAX} characters; use a shorter --name"
-  [ "$RULES" -le 1000000 ] || usage_error "--forward-rules ${RULES} is unreasonably large"
-fi
+}
+
+case "$CMD" in
+  up)
+    PODS=${POSITIONAL[0]:-$DEFAULT_PODS}
+    check_pod_number "$PODS" "pod count"
+    PODS=$((10#$PODS))
+    { is_uint "$RULES" && [ "${#RULES}" -le 7 ]; } || usage_error "--forward-rules '$RULES' is not a number 0..1000000"
+    RULES=$((10#$RULES))
+    [ "$RULES" -le 1000000 ] || usage_error "--forward-rules ${RULES} is unreasonably large"
+    ;;
+  add-pods | del-pods)
+    [ "${#POSITIONAL[@]}" -eq 2 ] || usage_error "'$CMD' takes two pod numbers, FROM and TO"
+    check_pod_number "${POSITIONAL[0]}" FROM
+    check_pod_number "${POSITIONAL[1]}" TO
+    FROM=$((10#${POSITIONAL[0]}))
+    TO=$((10#${POSITIONAL[1]}))
+    [ "$FROM" -le "$TO" ] || usage_error "FROM (${FROM}) is greater than TO (${TO})"
+    ;;
+esac
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (network namespaces need CAP_SYS_ADMIN and CAP_NET_ADMIN)"
 command -v ip >/dev/null || die "'ip' (iproute2) not found (scripts/bootstrap.sh installs it)"
@@ -350,4 +469,6 @@ command -v ip >/dev/null || die "'ip' (iproute2) not found (scripts/bootstrap.sh
 case "$CMD" in
   up) do_up "$PODS" "$RULES" ;;
   down) do_down ;;
+  add-pods) do_add_pods "$FROM" "$TO" ;;
+  del-pods) do_del_pods "$FROM" "$TO" ;;
 esac

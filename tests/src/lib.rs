@@ -21,9 +21,9 @@ use std::{
         },
     },
     path::{Path, PathBuf},
-    process::{Command, ExitStatus, Stdio},
+    process::{Child, Command, ExitStatus, Stdio},
     sync::{
-        atomic::{AtomicBool, AtomicU32, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
         mpsc, Arc,
     },
     thread::{self, JoinHandle},
@@ -255,11 +255,13 @@ fn base36(mut v: u32, width: usize) -> String {
 }
 
 /// A routed pod bench of `n` pods (DESIGN.md section 1) in namespaces of its own, with its own
-/// bpffs pin directory. Dropping it detaches everything and deletes the namespaces, also when
-/// the test panicked.
+/// bpffs pin directory. Pods can be added and removed while it runs ([`Bench::add_pods`],
+/// [`Bench::del_pods`]). Dropping it detaches everything and deletes the namespaces (added pods
+/// included), also when the test panicked.
 pub struct Bench {
     prefix: String,
-    pods: u32,
+    /// The pods that exist (1..=n at first).
+    live: BTreeSet<u32>,
     pin_dir: PathBuf,
     script: PathBuf,
 }
@@ -282,7 +284,7 @@ impl Bench {
         let bench = Bench {
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/xfp-test-{prefix}")),
             prefix,
-            pods,
+            live: (1..=pods).collect(),
             script,
         };
         // A leftover of a killed earlier run with the same pid would make `up` refuse.
@@ -308,8 +310,62 @@ impl Bench {
         &self.prefix
     }
 
+    /// How many pods exist now.
     pub fn pods(&self) -> u32 {
-        self.pods
+        u32::try_from(self.live.len()).expect("at most 9999 pods")
+    }
+
+    /// The pods that exist now, in order.
+    pub fn live_pods(&self) -> Vec<u32> {
+        self.live.iter().copied().collect()
+    }
+
+    /// `--iface-prefix` matching exactly this bench's host veths (`PREFIXh<i>`).
+    pub fn iface_prefix(&self) -> String {
+        format!("{}h", self.prefix)
+    }
+
+    /// Adds pods `from..=to` to the running bench (`bench-netns.sh add-pods`), built like the
+    /// others; panics with the script's output on failure (the script removes what it made).
+    #[track_caller]
+    pub fn add_pods(&mut self, from: u32, to: u32) {
+        assert!(
+            (1..=9999).contains(&from) && from <= to && to <= 9999,
+            "pods must be 1..9999 (got {from}..{to})"
+        );
+        let out = self
+            .script_cmd(&["add-pods", &from.to_string(), &to.to_string()])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(out.success(), "adding pods {from}..{to} failed: {out}");
+        self.live.extend(from..=to);
+    }
+
+    /// Removes pods `from..=to` from the running bench (`bench-netns.sh del-pods`: each host
+    /// veth, with its routes and neighbours, at once; then the pod namespace).
+    #[track_caller]
+    pub fn del_pods(&mut self, from: u32, to: u32) {
+        let out = self
+            .script_cmd(&["del-pods", &from.to_string(), &to.to_string()])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(out.success(), "removing pods {from}..{to} failed: {out}");
+        self.live.retain(|i| !(from..=to).contains(i));
+    }
+
+    /// Interface name -> ifindex of every link in the node namespace.
+    #[track_caller]
+    pub fn node_ifindexes(&self) -> BTreeMap<String, u32> {
+        let out = run_args(&["ip", "-n", &self.node_ns(), "-j", "link", "show"]).ok();
+        let v: Value = serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("`ip -j link show` is not JSON ({e}): {out}"));
+        v.as_array()
+            .unwrap_or_else(|| panic!("`ip -j link show` is not an array: {out}"))
+            .iter()
+            .filter_map(|l| {
+                let name = l.get("ifname")?.as_str()?.to_string();
+                let index = u32::try_from(l.get("ifindex")?.as_u64()?).ok()?;
+                Some((name, index))
+            })
+            .collect()
     }
 
     pub fn node_ns(&self) -> String {
@@ -375,9 +431,9 @@ impl Bench {
 
     fn check_pod(&self, i: u32) {
         assert!(
-            (1..=self.pods).contains(&i),
-            "pod {i} does not exist (bench has pods 1..={})",
-            self.pods
+            self.live.contains(&i),
+            "pod {i} does not exist (bench has pods {})",
+            ranges(&self.live_pods())
         );
     }
 
@@ -769,7 +825,8 @@ impl XdpCtl {
         v
     }
 
-    fn check_bin(&self) -> io::Result<()> {
+    /// Errors (saying how to build it) when the binary is missing.
+    pub fn check_bin(&self) -> io::Result<()> {
         if self.bin.is_file() {
             Ok(())
         } else {
@@ -957,6 +1014,384 @@ pub fn assert_clean_failure(out: &CmdOutput, mentions: Option<&str>) {
             first.to_lowercase().contains(&m.to_lowercase()),
             "the reason does not mention {m:?}: {out}"
         );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The controller (`xdp-ctl run`)
+// ---------------------------------------------------------------------------------------------
+
+/// One row of `xdp-ctl endpoint list --json`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EndpointEntry {
+    /// `10.244.0.1/32`, `fd00::1/128`.
+    pub prefix: String,
+    pub iface: String,
+    pub ifindex: u32,
+    pub pod_mac: String,
+    pub host_mac: String,
+    pub meshed: bool,
+}
+
+impl fmt::Display for EndpointEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} -> {}#{} pod {} host {}{}",
+            self.prefix,
+            self.iface,
+            self.ifindex,
+            self.pod_mac,
+            self.host_mac,
+            if self.meshed { "" } else { " (not meshed)" }
+        )
+    }
+}
+
+/// The differences between two endpoint lists, for messages: what is missing from `got`, what
+/// is there that should not be (the first few of each).
+pub fn endpoint_diff(want: &[EndpointEntry], got: &[EndpointEntry]) -> String {
+    const SHOWN: usize = 8;
+    let list = |of: &[EndpointEntry], not_in: &[EndpointEntry]| {
+        let all: Vec<String> = of
+            .iter()
+            .filter(|e| !not_in.contains(e))
+            .map(ToString::to_string)
+            .collect();
+        let more = all.len().saturating_sub(SHOWN);
+        let mut shown = all[..all.len() - more].join("; ");
+        if more > 0 {
+            shown = format!("{shown}; ... {more} more");
+        }
+        (all.len(), shown)
+    };
+    let (missing, missing_list) = list(want, got);
+    let (extra, extra_list) = list(got, want);
+    format!("{missing} missing [{missing_list}], {extra} unexpected [{extra_list}]")
+}
+
+impl XdpCtl {
+    /// `status --json`, as it is.
+    #[track_caller]
+    pub fn status(&self) -> Value {
+        self.json(&["status"])
+    }
+
+    /// `status --json`'s `"controller"` object; `None` when it is null (no controller ever ran
+    /// on this pin dir).
+    #[track_caller]
+    pub fn controller_status(&self) -> Option<Value> {
+        let v = self.status();
+        match v.get("controller") {
+            Some(Value::Null) => None,
+            Some(c) if c.is_object() => Some(c.clone()),
+            _ => panic!("`status --json` has no \"controller\" object or null: {v}"),
+        }
+    }
+
+    /// `endpoint list --json`, sorted.
+    #[track_caller]
+    pub fn endpoints(&self) -> Vec<EndpointEntry> {
+        let v = self.json(&["endpoint", "list"]);
+        let Some(list) = v.get("endpoints").and_then(Value::as_array) else {
+            panic!("`endpoint list --json` has no \"endpoints\" array: {v}");
+        };
+        let mut out: Vec<EndpointEntry> = list
+            .iter()
+            .map(|e| {
+                let s = |k: &str| {
+                    e.get(k)
+                        .and_then(Value::as_str)
+                        .unwrap_or_else(|| panic!("endpoint without a string {k:?}: {e}"))
+                        .to_string()
+                };
+                EndpointEntry {
+                    prefix: s("prefix"),
+                    iface: s("iface"),
+                    ifindex: e
+                        .get("ifindex")
+                        .and_then(Value::as_u64)
+                        .and_then(|i| u32::try_from(i).ok())
+                        .unwrap_or_else(|| panic!("endpoint without an ifindex: {e}")),
+                    pod_mac: s("pod_mac"),
+                    host_mac: s("host_mac"),
+                    meshed: e
+                        .get("meshed")
+                        .and_then(Value::as_bool)
+                        .unwrap_or_else(|| panic!("endpoint without \"meshed\": {e}")),
+                }
+            })
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+impl Bench {
+    /// The endpoints the controller must program for `pods` (both addresses of each, behind
+    /// their host veths as they are now), sorted like [`XdpCtl::endpoints`].
+    #[track_caller]
+    pub fn expected_endpoints(&self, pods: &[u32], meshed: bool) -> Vec<EndpointEntry> {
+        let index = self.node_ifindexes();
+        let mut out = Vec::new();
+        for &i in pods {
+            let iface = self.host_veth(i);
+            let ifindex = *index
+                .get(&iface)
+                .unwrap_or_else(|| panic!("{iface} is not in the node namespace"));
+            for prefix in [
+                format!("{}/32", self.pod_v4(i)),
+                format!("{}/128", self.pod_v6(i)),
+            ] {
+                out.push(EndpointEntry {
+                    prefix,
+                    iface: iface.clone(),
+                    ifindex,
+                    pod_mac: mac_str(self.pod_mac(i)),
+                    host_mac: mac_str(self.host_mac(i)),
+                    meshed,
+                });
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Starts `xdp-ctl run --iface-prefix PREFIXh EXTRA...` on this bench. Create it after the
+    /// bench, so that it is dropped (killed) before the bench tears down.
+    #[track_caller]
+    pub fn controller(&self, extra: &[&str]) -> Controller {
+        let prefix = self.iface_prefix();
+        let mut args = vec!["--iface-prefix", prefix.as_str()];
+        args.extend_from_slice(extra);
+        Controller::spawn(&self.xdp_ctl(), &args)
+    }
+}
+
+/// How often the polling helpers look again.
+pub const POLL: Duration = Duration::from_millis(20);
+
+/// Calls `f` every [`POLL`] until it returns `Some` (returned) or `timeout` passed (`None`).
+pub fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(POLL);
+    }
+}
+
+static CONTROLLER_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// `xdp-ctl run` in the background, with its stderr (the log) in a file of its own. Dropping
+/// it kills the process (by its pid, SIGKILL) and reaps it, unless it already exited; the log
+/// is printed when the test is panicking. The child also gets SIGKILL if the thread that
+/// started it dies first (`PR_SET_PDEATHSIG`), so a crashed test leaves no controller behind.
+pub struct Controller {
+    child: Child,
+    exit: Option<ExitStatus>,
+    log: PathBuf,
+    cmdline: String,
+    ctl: XdpCtl,
+}
+
+impl Controller {
+    /// Starts `xdp-ctl [--pin-dir, --netns of ctl] run ARGS...`.
+    #[track_caller]
+    pub fn spawn(ctl: &XdpCtl, args: &[&str]) -> Controller {
+        ctl.check_bin().unwrap_or_else(|e| panic!("{e}"));
+        let log = PathBuf::from(format!(
+            "/tmp/xdp-ctl-run-{}-{}.log",
+            std::process::id(),
+            CONTROLLER_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let file = File::create(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+        let mut full = vec!["run"];
+        full.extend_from_slice(args);
+        let mut cmd = ctl.command(&full);
+        let cmdline = cmdline_of(&cmd);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file));
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start `{cmdline}`: {e}"));
+        Controller {
+            child,
+            exit: None,
+            log,
+            cmdline,
+            ctl: ctl.clone(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The command line, for messages.
+    pub fn cmdline(&self) -> &str {
+        &self.cmdline
+    }
+
+    /// Its stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Its exit status, if it exited (reaping it).
+    #[track_caller]
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        if self.exit.is_none() {
+            self.exit = self
+                .child
+                .try_wait()
+                .unwrap_or_else(|e| panic!("waiting for `{}`: {e}", self.cmdline));
+        }
+        self.exit
+    }
+
+    /// Sends `sig` to the process (by pid), unless it already exited and was reaped.
+    #[track_caller]
+    pub fn signal(&mut self, sig: i32) {
+        if self.exited().is_none() {
+            let pid = i32::try_from(self.pid()).expect("pid fits i32");
+            // SAFETY: our own child, not reaped yet, so the pid is still its.
+            unsafe { libc::kill(pid, sig) };
+        }
+    }
+
+    /// Waits up to `timeout` for it to exit.
+    #[track_caller]
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        poll_until(timeout, || self.exited())
+    }
+
+    /// SIGTERM, then waits up to `timeout`: the exit status and how long it took.
+    #[track_caller]
+    pub fn terminate(&mut self, timeout: Duration) -> Option<(ExitStatus, Duration)> {
+        let t0 = Instant::now();
+        self.signal(libc::SIGTERM);
+        self.wait_exit(timeout).map(|s| (s, t0.elapsed()))
+    }
+
+    /// SIGKILL, and reaps it (so that its pid is gone from /proc).
+    #[track_caller]
+    pub fn kill9(&mut self) -> ExitStatus {
+        self.signal(libc::SIGKILL);
+        if self.exit.is_none() {
+            self.exit = Some(
+                self.child
+                    .wait()
+                    .unwrap_or_else(|e| panic!("waiting for `{}`: {e}", self.cmdline)),
+            );
+        }
+        self.exit.expect("reaped")
+    }
+
+    /// Its `status --json` controller object, if any.
+    #[track_caller]
+    pub fn status(&self) -> Option<Value> {
+        self.ctl.controller_status()
+    }
+
+    /// Waits up to `timeout` until `status` reports this very process running and ready;
+    /// returns the controller object. Panics (with the log) if it exits or does not get ready.
+    #[track_caller]
+    pub fn wait_ready(&mut self, timeout: Duration) -> Value {
+        let pid = u64::from(self.pid());
+        let mut last = None;
+        let got = poll_until(timeout, || {
+            if let Some(s) = self.exited() {
+                panic!(
+                    "`{}` exited ({s}) instead of getting ready; its log:\n{}",
+                    self.cmdline,
+                    self.log()
+                );
+            }
+            let c = self.ctl.controller_status()?;
+            let ok = c["pid"].as_u64() == Some(pid) && c["running"] == true && c["ready"] == true;
+            last = Some(c.clone());
+            ok.then_some(c)
+        });
+        got.unwrap_or_else(|| {
+            panic!(
+                "`{}` not ready within {timeout:?}; last status: {last:?}; its log:\n{}",
+                self.cmdline,
+                self.log()
+            )
+        })
+    }
+
+    /// Panics (with the log) if the log shows a panic.
+    #[track_caller]
+    pub fn assert_log_clean(&self) {
+        let log = self.log();
+        assert!(
+            !log.contains("panicked") && !log.contains("RUST_BACKTRACE"),
+            "`{}` panicked; its log:\n{log}",
+            self.cmdline
+        );
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if self.exit.is_none() {
+            let _ = self.child.try_wait().map(|s| self.exit = s);
+        }
+        if self.exit.is_none() {
+            let pid = i32::try_from(self.child.id()).unwrap_or(0);
+            if pid > 0 {
+                // SAFETY: our own child, not reaped yet.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            let _ = self.child.wait();
+        }
+        if thread::panicking() {
+            eprintln!(
+                "--- log of `{}` ---\n{}--- end of log ---",
+                self.cmdline,
+                with_newline(&self.log())
+            );
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// An exclusive `flock` on a pin directory (the lock every changing `xdp-ctl` command and each
+/// controller reconcile takes), held until dropped.
+pub struct PinDirLock {
+    _dir: File,
+}
+
+impl PinDirLock {
+    /// Takes the lock on `dir` (blocking until it is free).
+    pub fn acquire(dir: &Path) -> io::Result<PinDirLock> {
+        let f = File::open(dir)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
+        // SAFETY: flock on a valid fd we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(
+                e.kind(),
+                format!("flock {}: {e}", dir.display()),
+            ));
+        }
+        Ok(PinDirLock { _dir: f })
     }
 }
 
@@ -1570,6 +2005,273 @@ impl Drop for UdpStream {
             let _ = h.join();
         }
     }
+}
+
+/// What a [`TcpFlow`] saw.
+#[derive(Debug, Clone)]
+pub struct TcpFlowReport {
+    /// Bytes the client wrote.
+    pub sent: u64,
+    /// Bytes the server read and echoed.
+    pub server_echoed: u64,
+    /// Bytes the client got back, each checked.
+    pub echoed: u64,
+    /// Longest time the client waited for more echoed bytes.
+    pub longest_gap: Duration,
+    pub elapsed: Duration,
+}
+
+impl TcpFlowReport {
+    /// Every byte sent came back, checked, and the flow carried something.
+    pub fn complete(&self) -> bool {
+        self.sent > 0 && self.echoed == self.sent && self.server_echoed == self.sent
+    }
+}
+
+impl fmt::Display for TcpFlowReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} bytes sent in {:?}, {} echoed by the server, {} back at the client; longest \
+             wait for echoed bytes {:?}",
+            self.sent, self.elapsed, self.server_echoed, self.echoed, self.longest_gap
+        )
+    }
+}
+
+/// One long-lived TCP connection carrying a steady flow: a client in one namespace writes a
+/// chunk of pseudo-random bytes every `interval` to a server in another, which echoes every
+/// byte; the client checks each echoed byte. Runs until [`TcpFlow::finish`]; stops on drop.
+/// A path that stops carrying it shows as a long [`TcpFlowReport::longest_gap`], and as a
+/// failure once nothing moves for `timeout`.
+pub struct TcpFlow {
+    what: String,
+    stop: Arc<AtomicBool>,
+    echoed: Arc<AtomicU64>,
+    client: Option<JoinHandle<Result<FlowClientSide, String>>>,
+    server: Option<JoinHandle<Result<u64, String>>>,
+    start: Instant,
+}
+
+/// What the client of a [`TcpFlow`] saw: bytes sent, bytes echoed back, longest wait for
+/// echoes.
+type FlowClientSide = (u64, u64, Duration);
+
+/// Byte `offset` of the flow's stream (chunk `offset / chunk` of [`pattern`]s).
+struct FlowStream {
+    chunk: usize,
+    index: u64,
+    bytes: Vec<u8>,
+}
+
+impl FlowStream {
+    fn new(chunk: usize) -> FlowStream {
+        FlowStream {
+            chunk,
+            index: 0,
+            bytes: pattern(chunk, 0x51),
+        }
+    }
+
+    fn chunk_at(&mut self, index: u64) -> &[u8] {
+        if self.index != index {
+            self.index = index;
+            self.bytes = pattern(self.chunk, 0x51 ^ (index << 8));
+        }
+        &self.bytes
+    }
+}
+
+impl TcpFlow {
+    /// Connects from `client_ns` to `server`:(ephemeral) in `server_ns` and starts the flow.
+    pub fn start(
+        client_ns: &str,
+        server_ns: &str,
+        server: IpAddr,
+        chunk: usize,
+        interval: Duration,
+        timeout: Duration,
+    ) -> Result<TcpFlow, String> {
+        assert!(chunk > 0, "chunks carry at least one byte");
+        let what = format!("TCP flow {client_ns} -> {server_ns} [{server}]");
+        let stop = Arc::new(AtomicBool::new(false));
+        let echoed = Arc::new(AtomicU64::new(0));
+        let (port_tx, port_rx) = mpsc::channel();
+
+        let srv_stop = stop.clone();
+        let srv = in_netns(server_ns, move || {
+            let l = TcpListener::bind((server, 0)).map_err(|e| format!("bind {server}: {e}"))?;
+            let _ = port_tx.send(l.local_addr().map_err(|e| e.to_string())?.port());
+            l.set_nonblocking(true).map_err(|e| e.to_string())?;
+            let deadline = Instant::now() + timeout;
+            let mut s = loop {
+                match l.accept() {
+                    Ok((s, _)) => break s,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if srv_stop.load(Ordering::Relaxed) || Instant::now() >= deadline {
+                            return Err("no connection accepted".into());
+                        }
+                        thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(e) => return Err(format!("accept: {e}")),
+                }
+            };
+            s.set_nonblocking(false).map_err(|e| e.to_string())?;
+            s.set_read_timeout(Some(timeout))
+                .map_err(|e| e.to_string())?;
+            s.set_write_timeout(Some(timeout))
+                .map_err(|e| e.to_string())?;
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut total = 0u64;
+            loop {
+                let n = match s.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(format!("read after {total} bytes: {e}")),
+                };
+                s.write_all(&buf[..n])
+                    .map_err(|e| format!("echo after {total} bytes: {e}"))?;
+                total += n as u64;
+            }
+            let _ = s.shutdown(Shutdown::Write);
+            Ok(total)
+        });
+        let Ok(port) = port_rx.recv_timeout(Duration::from_secs(10)) else {
+            stop.store(true, Ordering::Relaxed);
+            return Err(join(srv, &format!("{what}: server"))
+                .err()
+                .unwrap_or_else(|| format!("{what}: server gave no port")));
+        };
+
+        let (cli_stop, count) = (stop.clone(), echoed.clone());
+        let cli = in_netns(client_ns, move || {
+            let to = SocketAddr::new(server, port);
+            let mut s = TcpStream::connect_timeout(&to, timeout)
+                .map_err(|e| format!("connect to {to}: {e}"))?;
+            s.set_read_timeout(Some(timeout))
+                .map_err(|e| e.to_string())?;
+            s.set_write_timeout(Some(timeout))
+                .map_err(|e| e.to_string())?;
+            let r = s.try_clone().map_err(|e| format!("clone socket: {e}"))?;
+            thread::scope(|scope| {
+                let reader = scope.spawn(|| flow_echoes(r, chunk, &count));
+                let mut out = FlowStream::new(chunk);
+                let mut sent = 0u64;
+                let mut index = 0u64;
+                let written = loop {
+                    if cli_stop.load(Ordering::Relaxed) {
+                        break Ok(());
+                    }
+                    if let Err(e) = s.write_all(out.chunk_at(index)) {
+                        break Err(format!("send after {sent} bytes: {e}"));
+                    }
+                    sent += chunk as u64;
+                    index += 1;
+                    thread::sleep(interval);
+                };
+                // The server echoes the rest and closes: the reader sees the end.
+                let _ = s.shutdown(Shutdown::Write);
+                let read = reader
+                    .join()
+                    .map_err(|_| "echo reader panicked".to_string())?;
+                written?;
+                let (echoed, gap) = read?;
+                Ok((sent, echoed, gap))
+            })
+        });
+        Ok(TcpFlow {
+            what,
+            stop,
+            echoed,
+            client: Some(cli),
+            server: Some(srv),
+            start: Instant::now(),
+        })
+    }
+
+    /// Bytes echoed back to the client so far.
+    pub fn echoed(&self) -> u64 {
+        self.echoed.load(Ordering::Relaxed)
+    }
+
+    /// Waits up to `timeout` until at least `n` bytes came back; false if they did not.
+    pub fn wait_for_echoed(&self, n: u64, timeout: Duration) -> bool {
+        poll_until(timeout, || (self.echoed() >= n).then_some(())).is_some()
+    }
+
+    /// Stops writing, waits for the last echoes and the end of the connection, and reports.
+    pub fn finish(mut self) -> Result<TcpFlowReport, String> {
+        self.stop.store(true, Ordering::Relaxed);
+        let client = join(self.client.take().expect("running"), "client");
+        let server = join(self.server.take().expect("running"), "server");
+        match (client, server) {
+            (Ok((sent, echoed, longest_gap)), Ok(server_echoed)) => Ok(TcpFlowReport {
+                sent,
+                server_echoed,
+                echoed,
+                longest_gap,
+                elapsed: self.start.elapsed(),
+            }),
+            (c, s) => Err(format!(
+                "{} failed: {}; {}",
+                self.what,
+                c.err().unwrap_or_else(|| "client: ok".into()),
+                s.err().unwrap_or_else(|| "server: ok".into())
+            )),
+        }
+    }
+}
+
+impl Drop for TcpFlow {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.client.take() {
+            let _ = h.join();
+        }
+        if let Some(h) = self.server.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The reading half of a [`TcpFlow`] client: checks every echoed byte until the server closes;
+/// returns the bytes checked and the longest wait between two reads.
+fn flow_echoes(
+    mut r: TcpStream,
+    chunk: usize,
+    count: &AtomicU64,
+) -> Result<(u64, Duration), String> {
+    let mut want = FlowStream::new(chunk);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = 0u64;
+    let mut last = Instant::now();
+    let mut longest = Duration::ZERO;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("reading echoes after {got} bytes: {e}")),
+        };
+        let now = Instant::now();
+        longest = longest.max(now - last);
+        last = now;
+        for (i, &b) in buf[..n].iter().enumerate() {
+            let at = got + i as u64;
+            let expected = want.chunk_at(at / chunk as u64)
+                [usize::try_from(at % chunk as u64).expect("offset within a chunk")];
+            if b != expected {
+                return Err(format!("echoed byte {at} corrupted"));
+            }
+        }
+        got += n as u64;
+        count.store(got, Ordering::Relaxed);
+    }
+    if !got.is_multiple_of(chunk as u64) {
+        return Err(format!("the echo ended mid-chunk, after {got} bytes"));
+    }
+    Ok((got, longest))
 }
 
 fn is_timeout(e: &io::Error) -> bool {

@@ -232,6 +232,17 @@ const PREPARED: Offloads = Offloads {
 
 fn prepare_peer(rtnl: &mut Rtnl, link: &Link, index: &mut NsIndex) -> Result<u8> {
     let peer = Peer::locate(rtnl, link, Some(index))?;
+    if !link.carrier {
+        // veth derives "can take XDP redirects" (NDO_XMIT) for this interface from the
+        // peer's GRO when GRO changes; a change made while the pod side is down does not
+        // count once it comes up, and redirects into it then fail (-EOPNOTSUPP).
+        warn!(
+            "{}: the pod side is down; XDP redirects into this pod will be dropped until GRO \
+             is re-applied after it comes up (`xdp-ctl run` does this; by hand: detach and \
+             attach again once the pod is up)",
+            link.name
+        );
+    }
     let (peer_name, orig) = peer
         .get()
         .with_context(|| format!("reading offloads of {}'s peer", link.name))?;
@@ -251,7 +262,20 @@ fn prepare_peer(rtnl: &mut Rtnl, link: &Link, index: &mut NsIndex) -> Result<u8>
     Ok(flags)
 }
 
+/// Re-applies the pod-side preparation after the pod side came up (see `prepare_peer`):
+/// GRO off and on again, so that veth re-derives that the host veth takes XDP redirects.
+pub fn refresh_peer(rtnl: &mut Rtnl, link: &Link) -> Result<()> {
+    let peer = Peer::locate(rtnl, link, None)?;
+    peer.set(Offloads {
+        gro: false,
+        tx_csum: false,
+    })
+    .and_then(|()| peer.set(PREPARED))
+    .with_context(|| format!("re-applying GRO on {}'s peer", link.name))
+}
+
 /// Gives the pod back the settings recorded in `att`. A peer that is gone needs nothing.
+/// Callers make sure `att` still describes the interface at its index (see `detach_records`).
 fn restore_peer(rtnl: &mut Rtnl, att: &Attachment) -> Result<()> {
     if att.prep_flags & ATT_F_PREPARED == 0 {
         return Ok(());
@@ -846,11 +870,28 @@ pub fn detach_records(
     let mut reports = Vec::new();
     for att in targets {
         let name = att_name(att);
+        // A stale record (its interface gone, the index now someone else's) must not touch
+        // whatever interface has the index now: only a live attachment gets its pod restored.
+        let live = match (
+            rtnl.link_by_index(att.ifindex)?,
+            Datapath::from_att(att.datapath),
+        ) {
+            (Some(link), Some(dp)) => live_program(pins, &link, dp).is_some(),
+            _ => false,
+        };
         let endpoints_removed = remove_endpoints_on(maps, att.ifindex)?;
         let _ = maps.tx_ports.remove(att.ifindex);
         unpin(&pins.xdp_link_path(att.ifindex))?;
         unpin(&pins.tcx_link_path(att.ifindex))?;
-        restore_peer(rtnl, att).with_context(|| format!("detaching {name}"))?;
+        let restore = live && att.prep_flags & ATT_F_PREPARED != 0;
+        if restore {
+            restore_peer(rtnl, att).with_context(|| format!("detaching {name}"))?;
+        } else if !live {
+            debug!(
+                ifindex = att.ifindex,
+                "stale attachment: interface gone or replaced"
+            );
+        }
         maps.attachments
             .remove(&att.ifindex)
             .context("ATTACHMENTS")?;
@@ -859,7 +900,7 @@ pub fn detach_records(
             ifindex: att.ifindex,
             datapath: dp_name(att),
             endpoints_removed,
-            pod_settings_restored: att.prep_flags & ATT_F_PREPARED != 0,
+            pod_settings_restored: restore,
         });
     }
     Ok(reports)

@@ -12,7 +12,7 @@ use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_packet_route::{
-    link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage, LinkXdp},
+    link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkXdp},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
     nsid::{NsidAttribute, NsidMessage},
     route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType},
@@ -34,6 +34,8 @@ pub struct Link {
     pub link_netnsid: Option<i32>,
     pub mtu: Option<u32>,
     pub up: bool,
+    /// `IFF_LOWER_UP`: for a veth, both ends are up.
+    pub carrier: bool,
     /// Attached XDP program id, if any (`IFLA_XDP_PROG_ID`).
     pub xdp_prog_id: Option<u32>,
 }
@@ -337,10 +339,8 @@ pub fn parse_neigh(n: &NeighbourMessage) -> Option<Neigh> {
 pub fn parse_link(l: &LinkMessage) -> Link {
     let mut link = Link {
         index: l.header.index,
-        up: l
-            .header
-            .flags
-            .contains(netlink_packet_route::link::LinkFlags::Up),
+        up: l.header.flags.contains(LinkFlags::Up),
+        carrier: l.header.flags.contains(LinkFlags::LowerUp),
         ..Link::default()
     };
     for a in &l.attributes {

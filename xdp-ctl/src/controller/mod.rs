@@ -80,6 +80,9 @@ async fn run_async(pins: &PinDir, opts: RunOptions) -> Result<()> {
         rtnetlink::new_connection().context("opening the rtnetlink event socket")?;
     {
         let sock = conn.socket_mut().socket_mut();
+        // An unbound netlink socket has port id 0, and the kernel delivers no multicast to it.
+        sock.bind_auto()
+            .context("binding the rtnetlink event socket")?;
         for g in GROUPS {
             sock.add_membership(g)
                 .with_context(|| format!("subscribing to rtnetlink group {g}"))?;
@@ -164,6 +167,9 @@ struct Controller {
     pending: HashSet<Prefix>,
     /// Veth peer MACs by host ifindex, with the peer identity they were read for.
     peer_macs: HashMap<u32, ((u32, i32), [u8; 6])>,
+    /// Pod veths whose pod side just came up (carrier off -> on): their XDP preparation is
+    /// re-applied (see `attach::refresh_peer`).
+    carrier_up: HashSet<u32>,
     state: ControllerState,
 }
 
@@ -186,6 +192,7 @@ impl Controller {
             realized: HashMap::new(),
             pending: HashSet::new(),
             peer_macs: HashMap::new(),
+            carrier_up: HashSet::new(),
             state: ControllerState {
                 pid: std::process::id(),
                 started_unix_ms: now,
@@ -240,6 +247,7 @@ impl Controller {
             name: l.name.clone(),
             mac: l.mac,
             is_veth: l.is_veth(),
+            carrier: l.carrier,
             peer_mac,
         }
     }
@@ -255,6 +263,9 @@ impl Controller {
             RouteNetlinkMessage::NewLink(l) => {
                 let link = nl::parse_link(&l);
                 let facts = self.facts(&link);
+                if self.node.link(link.index).is_some_and(|old| !old.carrier) && facts.carrier {
+                    self.carrier_up.insert(link.index);
+                }
                 self.node.upsert_link(facts);
             }
             RouteNetlinkMessage::DelLink(l) => {
@@ -386,6 +397,7 @@ impl Controller {
             }
         }
         writes += self.attach_batch(&to_attach);
+        self.refresh_carrier_up(links);
 
         // 2. Endpoints: adds and changes first, then deletes.
         let p = plan(&self.node, cfg, &self.realized, keys.iter().copied());
@@ -437,6 +449,31 @@ impl Controller {
         self.state.reconciles += 1;
         self.state.map_writes += writes;
         Ok(writes)
+    }
+
+    /// Re-applies the XDP pod-side preparation of pods whose side just came up.
+    fn refresh_carrier_up(&mut self, links: &[u32]) {
+        for &i in links {
+            if !self.carrier_up.remove(&i) || !self.node.wants_link(&self.opts.config, i) {
+                continue;
+            }
+            let xdp = self
+                .attacher
+                .maps
+                .attachment(i)
+                .is_some_and(|a| Datapath::from_att(a.datapath) == Some(Datapath::Xdp));
+            if !xdp {
+                continue;
+            }
+            match self.rtnl.link_by_index(i) {
+                Ok(Some(l)) => match attach::refresh_peer(&mut self.rtnl, &l) {
+                    Ok(()) => debug!(iface = %l.name, "pod side up: GRO re-applied"),
+                    Err(e) => warn!("{e:#}"),
+                },
+                Ok(None) => {}
+                Err(e) => warn!("{e:#}"),
+            }
+        }
     }
 
     /// Attaches a batch in one go; if the batch fails (all-or-nothing), one by one, so that a

@@ -46,6 +46,8 @@ pub struct LinkFacts {
     pub name: String,
     pub mac: Option<[u8; 6]>,
     pub is_veth: bool,
+    /// `IFF_LOWER_UP` (for a veth: the pod side is up too).
+    pub carrier: bool,
     /// The veth peer's MAC (the pod's eth0), read through its namespace id.
     pub peer_mac: Option<[u8; 6]>,
 }
@@ -276,6 +278,7 @@ mod tests {
             name: name.into(),
             mac: Some(HOST_MAC),
             is_veth: true,
+            carrier: true,
             peer_mac,
         }
     }
