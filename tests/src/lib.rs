@@ -41,6 +41,27 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// For each scenario `fn NAME(dp: Datapath)` listed, generates the tests `xdp::NAME` and
+/// `tc::NAME`: one scenario, both datapaths, nothing copied.
+#[macro_export]
+macro_rules! for_each_datapath {
+    ($($scenario:ident),+ $(,)?) => {
+        $crate::for_each_datapath!(@module xdp, Xdp, $($scenario),+);
+        $crate::for_each_datapath!(@module tc, Tc, $($scenario),+);
+    };
+    (@module $module:ident, $datapath:ident, $($scenario:ident),+) => {
+        mod $module {
+            $(
+                #[test]
+                fn $scenario() {
+                    $crate::require_root!();
+                    super::$scenario($crate::Datapath::$datapath);
+                }
+            )+
+        }
+    };
+}
+
 /// Returns early from a test (with a message saying why) when not running as root.
 #[macro_export]
 macro_rules! require_root {

@@ -20,34 +20,12 @@ use std::{
 };
 
 use integration_tests::{
-    assert_clean_failure, endpoint_diff, poll_until, require_root, run_args, tcp_echo, try_run,
-    Bench, Controller, Datapath, EndpointEntry, PinDirLock, TcpFlow, XdpCtl,
+    assert_clean_failure, endpoint_diff, for_each_datapath, poll_until, require_root, run_args,
+    tcp_echo, try_run, Bench, Controller, Datapath, EndpointEntry, PinDirLock, TcpFlow, XdpCtl,
 };
 use serde_json::Value;
 
-/// Turns each scenario `fn NAME(dp: Datapath)` into a module `NAME` with the tests `NAME::xdp`
-/// and `NAME::tc`.
-macro_rules! on_both_datapaths {
-    ($($scenario:ident),+ $(,)?) => {
-        $(
-            mod $scenario {
-                #[test]
-                fn xdp() {
-                    integration_tests::require_root!();
-                    super::$scenario(integration_tests::Datapath::Xdp);
-                }
-
-                #[test]
-                fn tc() {
-                    integration_tests::require_root!();
-                    super::$scenario(integration_tests::Datapath::Tc);
-                }
-            }
-        )+
-    };
-}
-
-on_both_datapaths!(
+for_each_datapath!(
     programs_every_pod_and_fast_paths,
     pods_coming_and_going_converge,
     sigterm_stops_it_and_the_datapath_stays,

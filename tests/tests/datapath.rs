@@ -18,30 +18,10 @@ use std::{
 };
 
 use integration_tests::{
-    assert_clean_failure, frame, require_root, send_frame, tcp_echo, udp_echo, Bench, Datapath,
-    UdpSink, UdpStream, XdpCtl,
+    assert_clean_failure, for_each_datapath, frame, require_root, send_frame, tcp_echo, udp_echo,
+    Bench, Datapath, UdpSink, UdpStream, XdpCtl,
 };
 use serde_json::Value;
-
-/// For each scenario `fn NAME(dp: Datapath)` listed, generates the tests `xdp::NAME` and
-/// `tc::NAME`.
-macro_rules! for_each_datapath {
-    ($($scenario:ident),+ $(,)?) => {
-        for_each_datapath!(@module xdp, Xdp, $($scenario),+);
-        for_each_datapath!(@module tc, Tc, $($scenario),+);
-    };
-    (@module $module:ident, $datapath:ident, $($scenario:ident),+) => {
-        mod $module {
-            $(
-                #[test]
-                fn $scenario() {
-                    integration_tests::require_root!();
-                    super::$scenario(integration_tests::Datapath::$datapath);
-                }
-            )+
-        }
-    };
-}
 
 for_each_datapath!(
     ipv4_tcp_udp_bypass_forward_drop_only_with_fast_path,

@@ -218,43 +218,11 @@ impl Rtnl {
 
     /// The link-layer address of neighbour `ip` on `ifindex`, if the entry is usable.
     pub fn neighbour_mac(&mut self, ifindex: u32, ip: IpAddr) -> io::Result<Option<[u8; 6]>> {
-        let mut req = NeighbourMessage::default();
-        req.header.family = match ip {
-            IpAddr::V4(_) => AddressFamily::Inet,
-            IpAddr::V6(_) => AddressFamily::Inet6,
-        };
-        let msgs = self.request(RouteNetlinkMessage::GetNeighbour(req), NLM_F_DUMP)?;
-        for m in msgs {
-            let RouteNetlinkMessage::NewNeighbour(n) = m else {
-                continue;
-            };
-            if n.header.ifindex != ifindex
-                || matches!(
-                    n.header.state,
-                    NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None
-                )
-            {
-                continue;
-            }
-            let mut dst = None;
-            let mut mac = None;
-            for a in &n.attributes {
-                match a {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
-                        dst = Some(IpAddr::V4(*v4));
-                    }
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
-                        dst = Some(IpAddr::V6(*v6));
-                    }
-                    NeighbourAttribute::LinkLayerAddress(l) => mac = l.as_slice().try_into().ok(),
-                    _ => {}
-                }
-            }
-            if dst == Some(ip) {
-                return Ok(mac);
-            }
-        }
-        Ok(None)
+        Ok(self
+            .neighbours()?
+            .into_iter()
+            .find(|n| n.ifindex == ifindex && n.addr == ip)
+            .and_then(|n| n.mac))
     }
 
     /// The id our namespace uses for the namespace of `ns_fd` (`RTM_GETNSID`), if one is
