@@ -264,14 +264,22 @@ fn prepare_peer(rtnl: &mut Rtnl, link: &Link, index: &mut NsIndex) -> Result<u8>
 
 /// Re-applies the pod-side preparation after the pod side came up (see `prepare_peer`):
 /// GRO off and on again, so that veth re-derives that the host veth takes XDP redirects.
-pub fn refresh_peer(rtnl: &mut Rtnl, link: &Link) -> Result<()> {
-    let peer = Peer::locate(rtnl, link, None)?;
-    peer.set(Offloads {
-        gro: false,
-        tx_csum: false,
-    })
-    .and_then(|()| peer.set(PREPARED))
-    .with_context(|| format!("re-applying GRO on {}'s peer", link.name))
+/// One namespace index for the whole batch: the cost is linear in the batch, not in the
+/// node's namespaces. Returns one result per link.
+pub fn refresh_peers(rtnl: &mut Rtnl, links: &[Link]) -> Vec<Result<()>> {
+    let mut index = NsIndex::default();
+    links
+        .iter()
+        .map(|link| {
+            let peer = Peer::locate(rtnl, link, Some(&mut index))?;
+            peer.set(Offloads {
+                gro: false,
+                tx_csum: false,
+            })
+            .and_then(|()| peer.set(PREPARED))
+            .with_context(|| format!("re-applying GRO on {}'s peer", link.name))
+        })
+        .collect()
 }
 
 /// Gives the pod back the settings recorded in `att`. A peer that is gone needs nothing.

@@ -451,8 +451,9 @@ impl Controller {
         Ok(writes)
     }
 
-    /// Re-applies the XDP pod-side preparation of pods whose side just came up.
+    /// Re-applies the XDP pod-side preparation of pods whose side just came up, in one batch.
     fn refresh_carrier_up(&mut self, links: &[u32]) {
+        let mut batch = Vec::new();
         for &i in links {
             if !self.carrier_up.remove(&i) || !self.node.wants_link(&self.opts.config, i) {
                 continue;
@@ -466,11 +467,17 @@ impl Controller {
                 continue;
             }
             match self.rtnl.link_by_index(i) {
-                Ok(Some(l)) => match attach::refresh_peer(&mut self.rtnl, &l) {
-                    Ok(()) => debug!(iface = %l.name, "pod side up: GRO re-applied"),
-                    Err(e) => warn!("{e:#}"),
-                },
+                Ok(Some(l)) => batch.push(l),
                 Ok(None) => {}
+                Err(e) => warn!("{e:#}"),
+            }
+        }
+        if batch.is_empty() {
+            return;
+        }
+        for (l, r) in batch.iter().zip(attach::refresh_peers(&mut self.rtnl, &batch)) {
+            match r {
+                Ok(()) => debug!(iface = %l.name, "pod side up: GRO re-applied"),
                 Err(e) => warn!("{e:#}"),
             }
         }
