@@ -13,9 +13,10 @@ use xdp_ctl::{
     pin::{PinDir, DEFAULT_PIN_DIR},
 };
 
-/// Pod-to-pod fast path for service-mesh traffic on one node: an XDP program on each pod's
-/// host-side veth redirects meshed pod-to-pod packets straight to the target pod's veth,
-/// skipping the host's netfilter rules. Everything else goes to the kernel as before.
+/// Pod-to-pod fast path for service-mesh traffic on one node: a program on each pod's
+/// host-side veth (XDP, or TCX ingress with --datapath tc) redirects meshed pod-to-pod packets
+/// straight to the target pod, skipping the host's netfilter rules. Everything else goes to
+/// the kernel as before.
 #[derive(Parser)]
 #[command(name = "xdp-ctl", version, propagate_version = true)]
 struct Cli {
