@@ -475,7 +475,10 @@ impl Controller {
         if batch.is_empty() {
             return;
         }
-        for (l, r) in batch.iter().zip(attach::refresh_peers(&mut self.rtnl, &batch)) {
+        for (l, r) in batch
+            .iter()
+            .zip(attach::refresh_peers(&mut self.rtnl, &batch))
+        {
             match r {
                 Ok(()) => debug!(iface = %l.name, "pod side up: GRO re-applied"),
                 Err(e) => warn!("{e:#}"),
