@@ -473,10 +473,6 @@ impl Attacher {
         })
     }
 
-    pub fn datapath(&self) -> Datapath {
-        self.datapath
-    }
-
     /// Attaches `links` in two phases (see the module docs). All-or-nothing.
     pub fn attach(&mut self, rtnl: &mut Rtnl, links: &[Link]) -> Result<Vec<AttachReport>> {
         let Self {

@@ -33,7 +33,6 @@ pub struct Link {
     /// `IFLA_LINK_NETNSID`: the peer's namespace, as an id relative to ours.
     pub link_netnsid: Option<i32>,
     pub mtu: Option<u32>,
-    pub up: bool,
     /// `IFF_LOWER_UP`: for a veth, both ends are up.
     pub carrier: bool,
     /// Attached XDP program id, if any (`IFLA_XDP_PROG_ID`).
@@ -131,73 +130,46 @@ impl Rtnl {
         }
     }
 
-    pub fn links(&mut self) -> io::Result<Vec<Link>> {
-        let msgs = self.request(
-            RouteNetlinkMessage::GetLink(LinkMessage::default()),
-            NLM_F_DUMP,
-        )?;
-        Ok(msgs
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(parse_link(&l)),
-                _ => None,
-            })
+    /// A dump: every reply `pick` understands.
+    fn dump<T>(
+        &mut self,
+        req: RouteNetlinkMessage,
+        pick: impl Fn(&RouteNetlinkMessage) -> Option<T>,
+    ) -> io::Result<Vec<T>> {
+        Ok(self
+            .request(req, NLM_F_DUMP)?
+            .iter()
+            .filter_map(pick)
             .collect())
+    }
+
+    /// One link; `None` when the kernel says there is none (`ENODEV`, or `EINVAL` for a
+    /// namespace id that no longer exists).
+    fn get_link(&mut self, req: LinkMessage) -> io::Result<Option<Link>> {
+        match self.request(RouteNetlinkMessage::GetLink(req), 0) {
+            Ok(msgs) => Ok(msgs.iter().find_map(new_link)),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENODEV | libc::EINVAL)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn links(&mut self) -> io::Result<Vec<Link>> {
+        self.dump(
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            new_link,
+        )
     }
 
     pub fn link_by_index(&mut self, index: u32) -> io::Result<Option<Link>> {
         let mut req = LinkMessage::default();
         req.header.index = index;
-        match self.request(RouteNetlinkMessage::GetLink(req), 0) {
-            Ok(msgs) => Ok(msgs.iter().find_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(parse_link(l)),
-                _ => None,
-            })),
-            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.get_link(req)
     }
 
     pub fn link_by_name(&mut self, name: &str) -> io::Result<Option<Link>> {
         let mut req = LinkMessage::default();
         req.attributes.push(LinkAttribute::IfName(name.to_string()));
-        match self.request(RouteNetlinkMessage::GetLink(req), 0) {
-            Ok(msgs) => Ok(msgs.iter().find_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(parse_link(l)),
-                _ => None,
-            })),
-            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Every host route of one family in the main table.
-    pub fn host_routes(&mut self, family: AddressFamily) -> io::Result<Vec<HostRoute>> {
-        let mut req = RouteMessage::default();
-        req.header.address_family = family;
-        let msgs = self.request(RouteNetlinkMessage::GetRoute(req), NLM_F_DUMP)?;
-        Ok(msgs
-            .iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewRoute(r) => parse_host_route(r),
-                _ => None,
-            })
-            .collect())
-    }
-
-    /// Every neighbour entry (both families).
-    pub fn neighbours(&mut self) -> io::Result<Vec<Neigh>> {
-        let msgs = self.request(
-            RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default()),
-            NLM_F_DUMP,
-        )?;
-        Ok(msgs
-            .iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewNeighbour(n) => parse_neigh(n),
-                _ => None,
-            })
-            .collect())
+        self.get_link(req)
     }
 
     /// The link `index` of the namespace our namespace calls `nsid` (`IFLA_TARGET_NETNSID`):
@@ -206,14 +178,28 @@ impl Rtnl {
         let mut req = LinkMessage::default();
         req.header.index = index;
         req.attributes.push(LinkAttribute::IfNetnsId(nsid));
-        match self.request(RouteNetlinkMessage::GetLink(req), 0) {
-            Ok(msgs) => Ok(msgs.iter().find_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(parse_link(l)),
+        self.get_link(req)
+    }
+
+    /// Every host route of one family in the main table.
+    pub fn host_routes(&mut self, family: AddressFamily) -> io::Result<Vec<HostRoute>> {
+        let mut req = RouteMessage::default();
+        req.header.address_family = family;
+        self.dump(RouteNetlinkMessage::GetRoute(req), |m| match m {
+            RouteNetlinkMessage::NewRoute(r) => parse_host_route(r),
+            _ => None,
+        })
+    }
+
+    /// Every neighbour entry (both families).
+    pub fn neighbours(&mut self) -> io::Result<Vec<Neigh>> {
+        self.dump(
+            RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default()),
+            |m| match m {
+                RouteNetlinkMessage::NewNeighbour(n) => parse_neigh(n),
                 _ => None,
-            })),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENODEV | libc::EINVAL)) => Ok(None),
-            Err(e) => Err(e),
-        }
+            },
+        )
     }
 
     /// The link-layer address of neighbour `ip` on `ifindex`, if the entry is usable.
@@ -304,10 +290,16 @@ pub fn parse_neigh(n: &NeighbourMessage) -> Option<Neigh> {
     })
 }
 
+fn new_link(m: &RouteNetlinkMessage) -> Option<Link> {
+    match m {
+        RouteNetlinkMessage::NewLink(l) => Some(parse_link(l)),
+        _ => None,
+    }
+}
+
 pub fn parse_link(l: &LinkMessage) -> Link {
     let mut link = Link {
         index: l.header.index,
-        up: l.header.flags.contains(LinkFlags::Up),
         carrier: l.header.flags.contains(LinkFlags::LowerUp),
         ..Link::default()
     };

@@ -77,14 +77,6 @@ impl Node {
         self.links.get(&index)
     }
 
-    pub fn links(&self) -> impl Iterator<Item = &LinkFacts> {
-        self.links.values()
-    }
-
-    pub fn prefixes(&self) -> impl Iterator<Item = Prefix> + '_ {
-        self.routes.keys().copied()
-    }
-
     fn dirty_routes_of(&mut self, index: u32) {
         if let Some(ps) = self.routes_by_if.get(&index) {
             self.dirty_prefixes.extend(ps.iter().copied());
