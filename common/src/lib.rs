@@ -9,7 +9,9 @@
 
 /// Layout version of the pinned objects. Bump it when a map's key or value layout changes, so an
 /// upgraded `xdp-ctl` never reinterprets maps pinned by an older one.
-pub const LAYOUT_VERSION: u32 = 1;
+///
+/// 2: `COUNTERS` grew (flow reasons), `FLOWS` and `KERNEL_SOCKETS` added.
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Names of the pinned maps (also the map symbols in the eBPF object).
 pub mod map_names {
@@ -19,12 +21,22 @@ pub mod map_names {
     pub const COUNTERS: &str = "COUNTERS";
     pub const ATTACHMENTS: &str = "ATTACHMENTS";
     pub const CONTROLLER: &str = "CONTROLLER";
+    pub const FLOWS: &str = "FLOWS";
+    pub const KERNEL_SOCKETS: &str = "KERNEL_SOCKETS";
 }
 
 /// Capacity of each endpoint trie (pod addresses or prefixes per address family).
 pub const MAX_ENDPOINTS: u32 = 65_536;
 /// Capacity of the device map and of the attachment registry (pod veths on one node).
 pub const MAX_PORTS: u32 = 4_096;
+
+/// Capacity of the flow table (`FLOWS`): TCP connections and ICMP echo exchanges between local
+/// meshed pods that the datapath saw start. An LRU: when full, the least recently used entry is
+/// evicted and that flow's later packets go to the kernel (where conntrack picks them up).
+/// About 25 MiB of kernel memory (LRU hash maps are preallocated): see the README.
+pub const MAX_FLOWS: u32 = 262_144;
+/// Capacity of `KERNEL_SOCKETS` (local pod UDP sockets seen talking through the kernel path).
+pub const MAX_KERNEL_SOCKETS: u32 = 65_536;
 
 /// The endpoint is a meshed pod: traffic between two meshed local pods may bypass netfilter.
 pub const EP_F_MESHED: u32 = 1 << 0;
@@ -57,6 +69,98 @@ impl Endpoint {
     pub const fn is_meshed(&self) -> bool {
         self.flags & EP_F_MESHED != 0
     }
+}
+
+/// Address family of a [`FlowKey`] or [`SocketKey`].
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// Key of `FLOWS`: one entry per flow, whichever direction a packet travels.
+///
+/// The two ends are ordered: `lo` is the smaller of the two `(address, port)` pairs (addresses
+/// compared as big-endian numbers, then ports), so both directions of a flow build the same key
+/// and share one entry (one lookup per packet, one insert per flow, evicted together).
+/// Addresses and ports are in network byte order, as in the packet; an IPv4 address fills the
+/// first 4 bytes of its field, the rest is zero. For ICMP echo both ports hold the echo
+/// identifier.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub lo_addr: [u8; 16],
+    pub hi_addr: [u8; 16],
+    pub lo_port: [u8; 2],
+    pub hi_port: [u8; 2],
+    /// IP protocol: 6 (TCP), 1 (ICMP) or 58 (ICMPv6).
+    pub proto: u8,
+    /// `FAMILY_V4` or `FAMILY_V6`.
+    pub family: u8,
+    /// Explicit padding; always zero.
+    pub pad: [u8; 2],
+}
+
+impl FlowKey {
+    /// The key of the flow a packet `src:sport -> dst:dport` belongs to, and whether the sender
+    /// (`src`) is the key's `lo` end. Both directions of a flow give the same key.
+    #[inline(always)]
+    pub fn new(
+        family: u8,
+        proto: u8,
+        src: &[u8; 16],
+        sport: [u8; 2],
+        dst: &[u8; 16],
+        dport: [u8; 2],
+    ) -> (FlowKey, bool) {
+        let src_is_lo = pkt::end_lt(src, sport, dst, dport);
+        let (lo_addr, lo_port, hi_addr, hi_port) = if src_is_lo {
+            (*src, sport, *dst, dport)
+        } else {
+            (*dst, dport, *src, sport)
+        };
+        (
+            FlowKey {
+                lo_addr,
+                hi_addr,
+                lo_port,
+                hi_port,
+                proto,
+                family,
+                pad: [0; 2],
+            },
+            src_is_lo,
+        )
+    }
+}
+
+/// Value of `FLOWS`: what the datapath remembers of a flow it saw start.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flow {
+    /// TCP: the initiator's initial sequence number, from its SYN (host byte order); a SYN-ACK
+    /// must acknowledge exactly this plus one. 0 for ICMP echo.
+    pub syn_seq: u32,
+    /// `FLOW_INITIATOR_LO` or `FLOW_INITIATOR_HI`: which end of the key sent the SYN / echo
+    /// request.
+    pub initiator: u8,
+    /// Explicit padding; always zero.
+    pub pad: [u8; 3],
+}
+
+pub const FLOW_INITIATOR_LO: u8 = 0;
+pub const FLOW_INITIATOR_HI: u8 = 1;
+
+/// Key of `KERNEL_SOCKETS`: a local pod's UDP socket (address, port) that sent a datagram the
+/// datapath left to the kernel (to a Service VIP, a node port, a non-meshed peer, ...). Such a
+/// socket may be the client of a translated exchange, so datagrams *to* it must meet the
+/// kernel's reverse NAT and are never fast-pathed. Byte order as in [`FlowKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SocketKey {
+    pub addr: [u8; 16],
+    pub port: [u8; 2],
+    /// `FAMILY_V4` or `FAMILY_V6`.
+    pub family: u8,
+    /// Explicit padding; always zero.
+    pub pad: u8,
 }
 
 /// How an interface is attached (value of the `ATTACHMENTS` registry, keyed by ifindex).
@@ -170,10 +274,26 @@ pub enum Reason {
     TxPortMissing = 14,
     /// ICMPv6 neighbour discovery / router messages (must keep hop limit 255).
     Ndp = 15,
+    /// A TCP segment or ICMP echo reply of a flow the datapath did not see start: older than
+    /// the attach, born on the kernel path, translated (the SYN-ACK of a DNAT'd connection
+    /// does not answer a SYN we saw), or evicted from the flow table. Such a flow stays on the
+    /// kernel path for its whole life.
+    FlowNotSeen = 16,
+    /// ICMP / ICMPv6 error (v4 types 3, 4, 5, 11, 12; v6 types 1-4): it may refer to a
+    /// translated flow and needs the kernel's NAT and conntrack.
+    IcmpError = 17,
+    /// UDP to a local pod socket that talks through the kernel path (see `SocketKey`): it may
+    /// be the reply of a translated exchange (DNS to a ClusterIP).
+    UdpKernelSocket = 18,
+    /// Neither TCP, UDP nor ICMP echo (SCTP, GRE, other ICMP types, ...).
+    OtherProtocol = 19,
+    /// A flow start (TCP SYN, ICMP echo request) that could not be recorded in the flow table:
+    /// it goes to the kernel, and the flow lives there.
+    FlowTableFull = 20,
 }
 
 /// Number of reasons; the size of the `COUNTERS` array.
-pub const REASON_COUNT: u32 = 16;
+pub const REASON_COUNT: u32 = 21;
 
 impl Reason {
     /// Every reason, in discriminant order.
@@ -194,6 +314,11 @@ impl Reason {
         Reason::TtlExpired,
         Reason::TxPortMissing,
         Reason::Ndp,
+        Reason::FlowNotSeen,
+        Reason::IcmpError,
+        Reason::UdpKernelSocket,
+        Reason::OtherProtocol,
+        Reason::FlowTableFull,
     ];
 
     /// Stable snake-case name, used by `xdp-ctl stats` and metrics.
@@ -215,6 +340,11 @@ impl Reason {
             Reason::TtlExpired => "ttl_expired",
             Reason::TxPortMissing => "tx_port_missing",
             Reason::Ndp => "ndp",
+            Reason::FlowNotSeen => "flow_not_seen",
+            Reason::IcmpError => "icmp_error",
+            Reason::UdpKernelSocket => "udp_kernel_socket",
+            Reason::OtherProtocol => "other_protocol",
+            Reason::FlowTableFull => "flow_table_full",
         }
     }
 
@@ -288,7 +418,80 @@ pub mod pkt {
     }
 
     pub const IPV6_NEXT_FRAGMENT: u8 = 44;
+    pub const IPPROTO_ICMP: u8 = 1;
+    pub const IPPROTO_TCP: u8 = 6;
+    pub const IPPROTO_UDP: u8 = 17;
     pub const IPPROTO_ICMPV6: u8 = 58;
+
+    /// TCP header flags (byte 13 of the header).
+    pub const TCP_FIN: u8 = 0x01;
+    pub const TCP_SYN: u8 = 0x02;
+    pub const TCP_RST: u8 = 0x04;
+    pub const TCP_ACK: u8 = 0x10;
+
+    /// What an ICMP or ICMPv6 message is to the flow rule.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum IcmpKind {
+        /// Starts an echo exchange (like a SYN): may create a flow.
+        EchoRequest,
+        /// Needs the flow its request created.
+        EchoReply,
+        /// Refers to another packet's flow, which may be translated: always the kernel's.
+        Error,
+        /// Anything else (timestamps, router and multicast listener messages, ...): the kernel's.
+        Other,
+    }
+
+    /// ICMP (v4) types: echo 8 / 0; errors 3 (unreachable), 4 (source quench), 5 (redirect),
+    /// 11 (time exceeded), 12 (parameter problem).
+    #[inline(always)]
+    pub const fn icmpv4_kind(icmp_type: u8) -> IcmpKind {
+        match icmp_type {
+            8 => IcmpKind::EchoRequest,
+            0 => IcmpKind::EchoReply,
+            3 | 4 | 5 | 11 | 12 => IcmpKind::Error,
+            _ => IcmpKind::Other,
+        }
+    }
+
+    /// ICMPv6 types: echo 128 / 129; errors 1 (unreachable), 2 (packet too big), 3 (time
+    /// exceeded), 4 (parameter problem). NDP (133-137) is sorted out before this.
+    #[inline(always)]
+    pub const fn icmpv6_kind(icmp_type: u8) -> IcmpKind {
+        match icmp_type {
+            128 => IcmpKind::EchoRequest,
+            129 => IcmpKind::EchoReply,
+            1..=4 => IcmpKind::Error,
+            _ => IcmpKind::Other,
+        }
+    }
+
+    /// `(a, ap) < (b, bp)`: addresses as big-endian 128-bit numbers, then ports (network order).
+    /// Compared as two 64-bit halves, which keeps loops out of the eBPF program.
+    #[inline(always)]
+    pub fn end_lt(a: &[u8; 16], ap: [u8; 2], b: &[u8; 16], bp: [u8; 2]) -> bool {
+        let half = |x: &[u8; 16], i: usize| {
+            u64::from_be_bytes([
+                x[i],
+                x[i + 1],
+                x[i + 2],
+                x[i + 3],
+                x[i + 4],
+                x[i + 5],
+                x[i + 6],
+                x[i + 7],
+            ])
+        };
+        let (a0, b0) = (half(a, 0), half(b, 0));
+        if a0 != b0 {
+            return a0 < b0;
+        }
+        let (a1, b1) = (half(a, 8), half(b, 8));
+        if a1 != b1 {
+            return a1 < b1;
+        }
+        u16::from_be_bytes(ap) < u16::from_be_bytes(bp)
+    }
 
     /// ICMPv6 router/neighbour discovery and redirect (RFC 4861): hop limit must stay 255.
     #[inline(always)]
@@ -304,6 +507,9 @@ mod user {
     unsafe impl aya::Pod for super::Attachment {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::ControllerState {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::Flow {}
+    unsafe impl aya::Pod for super::SocketKey {}
 }
 
 #[cfg(test)]
@@ -319,6 +525,9 @@ mod tests {
         assert_eq!(size_of::<Attachment>(), 4 + 4 + 16);
         assert_eq!(size_of::<Counter>(), 16);
         assert_eq!(size_of::<ControllerState>(), 6 * 4 + 7 * 8);
+        assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 1 + 1 + 2);
+        assert_eq!(size_of::<Flow>(), 4 + 1 + 3);
+        assert_eq!(size_of::<SocketKey>(), 16 + 2 + 1 + 1);
     }
 
     #[test]
@@ -332,6 +541,8 @@ mod tests {
         assert_eq!(Reason::Redirected as u8, 0);
         assert_eq!(Reason::SrcMismatch as u8, 12);
         assert_eq!(Reason::Ndp as u8, 15);
+        assert_eq!(Reason::FlowNotSeen as u8, 16);
+        assert_eq!(Reason::FlowTableFull as u8, 20);
     }
 
     #[test]
@@ -362,6 +573,55 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn flow_keys_are_direction_independent() {
+        let a = [10, 244, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let b = [10, 244, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let (k1, a_lo) = FlowKey::new(FAMILY_V4, 6, &a, [0x9c, 0x40], &b, [0, 80]);
+        let (k2, b_lo) = FlowKey::new(FAMILY_V4, 6, &b, [0, 80], &a, [0x9c, 0x40]);
+        assert_eq!(k1, k2);
+        assert!(a_lo && !b_lo);
+        assert_eq!(k1.lo_addr, a);
+        assert_eq!(k1.lo_port, [0x9c, 0x40]);
+        // Same address (not a real pod pair, but the order must still be total): ports decide.
+        let (k3, lo) = FlowKey::new(FAMILY_V4, 6, &a, [0, 81], &a, [0, 80]);
+        assert!(!lo);
+        assert_eq!(k3.lo_port, [0, 80]);
+        // The low half of an IPv6 address decides when the high halves are equal.
+        let mut x = [0u8; 16];
+        let mut y = [0u8; 16];
+        x[0] = 0xfd;
+        y[0] = 0xfd;
+        x[15] = 2;
+        y[15] = 1;
+        assert!(!pkt::end_lt(&x, [0, 1], &y, [0, 1]));
+        assert!(pkt::end_lt(&y, [0, 1], &x, [0, 1]));
+        // The first byte is the most significant.
+        x[0] = 0x01;
+        assert!(pkt::end_lt(&x, [0, 1], &y, [0, 1]));
+    }
+
+    #[test]
+    fn icmp_kinds() {
+        use pkt::{icmpv4_kind, icmpv6_kind, IcmpKind::*};
+        assert_eq!(icmpv4_kind(8), EchoRequest);
+        assert_eq!(icmpv4_kind(0), EchoReply);
+        for t in [3, 4, 5, 11, 12] {
+            assert_eq!(icmpv4_kind(t), Error, "{t}");
+        }
+        for t in [1, 2, 6, 9, 10, 13, 14, 255] {
+            assert_eq!(icmpv4_kind(t), Other, "{t}");
+        }
+        assert_eq!(icmpv6_kind(128), EchoRequest);
+        assert_eq!(icmpv6_kind(129), EchoReply);
+        for t in 1..=4 {
+            assert_eq!(icmpv6_kind(t), Error, "{t}");
+        }
+        for t in [0, 5, 100, 127, 130, 143, 255] {
+            assert_eq!(icmpv6_kind(t), Other, "{t}");
         }
     }
 

@@ -322,6 +322,7 @@ fn run(cli: &Cli) -> Result<()> {
         }
         Cmd::Stats => {
             let counters = ops::stats(&pins)?;
+            let table = ops::flow_table(&pins)?;
             if cli.json {
                 let reasons: serde_json::Map<String, serde_json::Value> = counters
                     .iter()
@@ -332,12 +333,19 @@ fn run(cli: &Cli) -> Result<()> {
                         )
                     })
                     .collect();
-                print_json(&json!({ "reasons": reasons }));
+                print_json(&json!({ "reasons": reasons, "flow_table": table }));
             } else {
                 println!("{:<18} {:>14} {:>16}", "REASON", "PACKETS", "BYTES");
                 for (r, c) in &counters {
                     println!("{:<18} {:>14} {:>16}", r.name(), c.packets, c.bytes);
                 }
+                println!(
+                    "flows: {} of {}; UDP sockets on the kernel path: {} of {}",
+                    table.flows,
+                    table.flows_capacity,
+                    table.kernel_sockets,
+                    table.kernel_sockets_capacity
+                );
             }
         }
     }

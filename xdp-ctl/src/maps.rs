@@ -10,17 +10,23 @@ use aya::{
     },
     Ebpf,
 };
-use common::{map_names, Attachment, ControllerState, Counter, Endpoint, Ipv4Key, Ipv6Key, Reason};
+use common::{
+    map_names, Attachment, ControllerState, Counter, Endpoint, Flow, FlowKey, Ipv4Key, Ipv6Key,
+    Reason, SocketKey, MAX_FLOWS, MAX_KERNEL_SOCKETS,
+};
+use serde::Serialize;
 
 use crate::pin::PinDir;
 
-pub const ALL_MAPS: [&str; 6] = [
+pub const ALL_MAPS: [&str; 8] = [
     map_names::ENDPOINTS_V4,
     map_names::ENDPOINTS_V6,
     map_names::TX_PORTS,
     map_names::COUNTERS,
     map_names::ATTACHMENTS,
     map_names::CONTROLLER,
+    map_names::FLOWS,
+    map_names::KERNEL_SOCKETS,
 ];
 
 pub struct Maps {
@@ -30,6 +36,20 @@ pub struct Maps {
     pub counters: PerCpuArray<MapData, Counter>,
     pub attachments: HashMap<MapData, u32, Attachment>,
     pub controller: Array<MapData, ControllerState>,
+    pub flows: HashMap<MapData, FlowKey, Flow>,
+    pub kernel_sockets: HashMap<MapData, SocketKey, u32>,
+}
+
+/// How full the datapath's flow state is (a walk over the keys: cheap at the table sizes a
+/// node sees, bounded by the capacities).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FlowTable {
+    /// Flows the datapath saw start (TCP connections, ICMP echo exchanges) still in `FLOWS`.
+    pub flows: u32,
+    pub flows_capacity: u32,
+    /// Local pod UDP sockets marked as talking through the kernel path.
+    pub kernel_sockets: u32,
+    pub kernel_sockets_capacity: u32,
 }
 
 /// An endpoint key: an address prefix.
@@ -148,6 +168,8 @@ impl Maps {
             counters: take(ebpf, map_names::COUNTERS)?,
             attachments: take(ebpf, map_names::ATTACHMENTS)?,
             controller: take(ebpf, map_names::CONTROLLER)?,
+            flows: take(ebpf, map_names::FLOWS)?,
+            kernel_sockets: take(ebpf, map_names::KERNEL_SOCKETS)?,
         })
     }
 
@@ -163,6 +185,8 @@ impl Maps {
             counters: open(pins, map_names::COUNTERS)?,
             attachments: open(pins, map_names::ATTACHMENTS)?,
             controller: open(pins, map_names::CONTROLLER)?,
+            flows: open(pins, map_names::FLOWS)?,
+            kernel_sockets: open(pins, map_names::KERNEL_SOCKETS)?,
         })
     }
 
@@ -241,6 +265,22 @@ impl Maps {
                 Ok((*r, total))
             })
             .collect()
+    }
+
+    pub fn flow_table(&self) -> Result<FlowTable> {
+        fn count<K>(
+            mut keys: impl Iterator<Item = Result<K, aya::maps::MapError>>,
+            name: &str,
+        ) -> Result<u32> {
+            keys.try_fold(0u32, |n, k| k.map(|_| n + 1))
+                .with_context(|| format!("reading {name}"))
+        }
+        Ok(FlowTable {
+            flows: count(self.flows.keys(), map_names::FLOWS)?,
+            flows_capacity: MAX_FLOWS,
+            kernel_sockets: count(self.kernel_sockets.keys(), map_names::KERNEL_SOCKETS)?,
+            kernel_sockets_capacity: MAX_KERNEL_SOCKETS,
+        })
     }
 
     pub fn attachments(&self) -> Result<Vec<Attachment>> {

@@ -251,3 +251,9 @@ pub fn stats(pins: &PinDir) -> Result<Vec<(Reason, Counter)>> {
     let maps = Maps::open_pinned(pins)?;
     maps.counters()
 }
+
+/// How full the flow state is (`stats`).
+pub fn flow_table(pins: &PinDir) -> Result<crate::maps::FlowTable> {
+    pins.check_bpffs()?;
+    Maps::open_pinned(pins)?.flow_table()
+}

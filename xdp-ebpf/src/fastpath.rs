@@ -1,19 +1,34 @@
-//! Hook-independent datapath logic: parse, decide, rewrite, count.
+//! Hook-independent datapath logic: parse, decide, commit (flow table, rewrite), count.
 //!
 //! Works on a `[start, end)` view of a linear packet, which both XDP (`xdp_md->data`) and TC
 //! (`__sk_buff->data` after `bpf_skb_pull_data`) provide.
+//!
+//! The flow rule (README, "What the fast path skips and what it never touches"): only flows the
+//! program saw start, between two meshed pods' own addresses, untranslated, are fast-pathed.
+//! - TCP: a SYN (no ACK) that passes every other check starts a flow in `FLOWS`; a SYN-ACK is
+//!   fast-pathed only if it answers that SYN (from the other end, acknowledging its ISN + 1);
+//!   any other segment only if its flow is in `FLOWS`. A RST ends the flow. A FIN does not: the
+//!   close must stay on the path the flow lived on (without a conntrack entry the kernel calls
+//!   a FIN INVALID).
+//! - ICMP echo: a request starts a flow, a reply needs it. ICMP errors: always the kernel.
+//! - UDP has no handshake. A UDP socket of a local pod that sent a datagram the program left to
+//!   the kernel (to a Service VIP, say) is remembered in `KERNEL_SOCKETS`; datagrams *to* such a
+//!   socket go to the kernel, which holds the reverse NAT of a translated exchange.
 use core::mem::size_of;
 
 use aya_ebpf::maps::lpm_trie::Key;
 use common::{
     pkt::{
-        csum_after_ttl_decrement, icmpv6_is_ndp, ipv4_is_forwardable_unicast,
-        ipv6_is_extension_header, ipv6_is_forwardable_unicast, IPPROTO_ICMPV6, IPV6_NEXT_FRAGMENT,
+        csum_after_ttl_decrement, icmpv4_kind, icmpv6_is_ndp, icmpv6_kind,
+        ipv4_is_forwardable_unicast, ipv6_is_extension_header, ipv6_is_forwardable_unicast,
+        IcmpKind, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV6_NEXT_FRAGMENT,
+        TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
     },
-    Endpoint, Reason,
+    Endpoint, Flow, FlowKey, Reason, SocketKey, FAMILY_V4, FAMILY_V6, FLOW_INITIATOR_HI,
+    FLOW_INITIATOR_LO,
 };
 
-use crate::maps::{COUNTERS, ENDPOINTS_V4, ENDPOINTS_V6};
+use crate::maps::{COUNTERS, ENDPOINTS_V4, ENDPOINTS_V6, FLOWS, KERNEL_SOCKETS};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -22,6 +37,11 @@ const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const IPV4_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
+/// What the flow rule reads of a TCP header: ports, sequence and acknowledgment numbers, data
+/// offset and flags.
+const TCP_READ: usize = 14;
+const UDP_HLEN: usize = 8;
+const ICMP_HLEN: usize = 8;
 
 pub struct Packet {
     /// The directly accessible (linear) part: `[start, end)`.
@@ -64,6 +84,36 @@ pub enum L3 {
     V6,
 }
 
+/// What the flow rule needs of the transport header.
+#[derive(Clone, Copy)]
+enum L4 {
+    Tcp {
+        sport: [u8; 2],
+        dport: [u8; 2],
+        seq: u32,
+        ack: u32,
+        flags: u8,
+    },
+    Udp {
+        sport: [u8; 2],
+        dport: [u8; 2],
+    },
+    /// ICMP / ICMPv6 echo request or reply, with its identifier.
+    Echo {
+        proto: u8,
+        request: bool,
+        id: [u8; 2],
+    },
+}
+
+/// A packet's addresses, widened to 16 bytes (an IPv4 address fills the first 4), as the flow
+/// and socket keys store them.
+struct Addrs {
+    family: u8,
+    src: [u8; 16],
+    dst: [u8; 16],
+}
+
 pub struct Forward {
     pub endpoint: Endpoint,
     l3: L3,
@@ -82,30 +132,49 @@ fn be16(b: [u8; 2]) -> u16 {
 }
 
 /// Decides what to do with a frame that arrived on `ingress` (host-side veth ifindex).
-/// Reads only; `rewrite` writes once the hook has committed to the redirect.
+/// `redirectable` is the hook's own test that a target interface can take the redirect; it is
+/// asked before the flow rule, so that the flow table records a flow start only when its
+/// packet is really redirected (a SYN that went to the kernel must leave no entry). The frame
+/// itself is only read; `rewrite` writes it once the hook has committed to the redirect.
 #[inline(always)]
-pub fn decide(pkt: &Packet, ingress: u32) -> Verdict {
-    match try_decide(pkt, ingress) {
+pub fn decide(pkt: &Packet, ingress: u32, redirectable: impl Fn(u32) -> bool) -> Verdict {
+    match try_decide(pkt, ingress, redirectable) {
         Ok(fwd) => Verdict::Forward(fwd),
         Err(reason) => Verdict::Pass(reason),
     }
 }
 
 #[inline(always)]
-fn try_decide(pkt: &Packet, ingress: u32) -> Result<Forward, Reason> {
+fn try_decide(
+    pkt: &Packet,
+    ingress: u32,
+    redirectable: impl Fn(u32) -> bool,
+) -> Result<Forward, Reason> {
     let eth: *const [u8; ETH_HLEN] = pkt.ptr_at(0).ok_or(Reason::Malformed)?;
     // SAFETY: bounds checked by ptr_at.
     let eth = unsafe { *eth };
-    match be16([eth[12], eth[13]]) {
-        ETH_P_IP => decide_v4(pkt, ingress, &eth),
-        ETH_P_IPV6 => decide_v6(pkt, ingress, &eth),
-        ETH_P_8021Q | ETH_P_8021AD => Err(Reason::Vlan),
-        _ => Err(Reason::NotIp),
-    }
+    // One flow-rule path for both families (inlining it twice overflows the BPF stack).
+    let parsed = match be16([eth[12], eth[13]]) {
+        ETH_P_IP => decide_v4(pkt, &eth)?,
+        ETH_P_IPV6 => decide_v6(pkt, &eth)?,
+        ETH_P_8021Q | ETH_P_8021AD => return Err(Reason::Vlan),
+        _ => return Err(Reason::NotIp),
+    };
+    let endpoint = endpoint(ingress, &eth, &parsed.addrs, parsed.ttl);
+    apply_flow_rule(parsed, endpoint, redirectable)
+}
+
+/// A packet that passed the IP-level checks (rules 1, 2): its addresses, transport header and
+/// TTL / hop limit, for the endpoint checks (rules 3 to 5) and the flow rule (rule 6).
+struct Parsed {
+    l3: L3,
+    addrs: Addrs,
+    l4: L4,
+    ttl: u8,
 }
 
 #[inline(always)]
-fn decide_v4(pkt: &Packet, ingress: u32, eth: &[u8; ETH_HLEN]) -> Result<Forward, Reason> {
+fn decide_v4(pkt: &Packet, eth: &[u8; ETH_HLEN]) -> Result<Parsed, Reason> {
     let ip: *const [u8; IPV4_HLEN] = pkt.ptr_at(ETH_HLEN).ok_or(Reason::Malformed)?;
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { &*ip };
@@ -130,22 +199,30 @@ fn decide_v4(pkt: &Packet, ingress: u32, eth: &[u8; ETH_HLEN]) -> Result<Forward
     if eth[0] & 1 != 0 || !ipv4_is_forwardable_unicast(dst) {
         return Err(Reason::NotUnicast);
     }
-    let dst_ep = ENDPOINTS_V4
-        .get(Key::new(32, dst))
-        .ok_or(Reason::NoEndpoint)?;
-    let src_ep = ENDPOINTS_V4.get(Key::new(32, src));
-    let endpoint = check_endpoints(ingress, eth, dst_ep, src_ep)?;
-    if ip[8] <= 1 {
-        return Err(Reason::TtlExpired);
-    }
-    Ok(Forward {
-        endpoint,
+    let l4 = parse_l4(
+        pkt,
+        ETH_HLEN + IPV4_HLEN,
+        total - IPV4_HLEN,
+        ip[9],
+        FAMILY_V4,
+    )?;
+    let mut addrs = Addrs {
+        family: FAMILY_V4,
+        src: [0; 16],
+        dst: [0; 16],
+    };
+    addrs.src[..4].copy_from_slice(&src);
+    addrs.dst[..4].copy_from_slice(&dst);
+    Ok(Parsed {
         l3: L3::V4,
+        addrs,
+        l4,
+        ttl: ip[8],
     })
 }
 
 #[inline(always)]
-fn decide_v6(pkt: &Packet, ingress: u32, eth: &[u8; ETH_HLEN]) -> Result<Forward, Reason> {
+fn decide_v6(pkt: &Packet, eth: &[u8; ETH_HLEN]) -> Result<Parsed, Reason> {
     let ip: *const [u8; IPV6_HLEN] = pkt.ptr_at(ETH_HLEN).ok_or(Reason::Malformed)?;
     // SAFETY: bounds checked by ptr_at.
     let ip = unsafe { &*ip };
@@ -170,25 +247,272 @@ fn decide_v6(pkt: &Packet, ingress: u32, eth: &[u8; ETH_HLEN]) -> Result<Forward
     if eth[0] & 1 != 0 || !ipv6_is_forwardable_unicast(dst) {
         return Err(Reason::NotUnicast);
     }
-    if next == IPPROTO_ICMPV6 {
-        let icmp_type: *const u8 = pkt.ptr_at(ETH_HLEN + IPV6_HLEN).ok_or(Reason::Malformed)?;
-        // SAFETY: bounds checked by ptr_at.
-        if icmpv6_is_ndp(unsafe { *icmp_type }) {
-            return Err(Reason::Ndp);
-        }
-    }
-    let dst_ep = ENDPOINTS_V6
-        .get(Key::new(128, dst))
-        .ok_or(Reason::NoEndpoint)?;
-    let src_ep = ENDPOINTS_V6.get(Key::new(128, src));
+    let l4 = parse_l4(pkt, ETH_HLEN + IPV6_HLEN, payload, next, FAMILY_V6)?;
+    Ok(Parsed {
+        l3: L3::V6,
+        ttl: ip[7],
+        addrs: Addrs {
+            family: FAMILY_V6,
+            src,
+            dst,
+        },
+        l4,
+    })
+}
+
+/// Rules 3 to 5: the destination endpoint, if the packet may go there. Shared by both families
+/// and not inlined: the hook's stack frame plus the flow rule's must stay within the verifier's
+/// 512 bytes, and the LPM keys here are never live together with the flow rule's keys.
+#[inline(never)]
+fn endpoint(
+    ingress: u32,
+    eth: &[u8; ETH_HLEN],
+    addrs: &Addrs,
+    ttl: u8,
+) -> Result<Endpoint, Reason> {
+    let (dst_ep, src_ep) = if addrs.family == FAMILY_V4 {
+        let dst = [addrs.dst[0], addrs.dst[1], addrs.dst[2], addrs.dst[3]];
+        let dst_ep = ENDPOINTS_V4
+            .get(Key::new(32, dst))
+            .ok_or(Reason::NoEndpoint)?;
+        let src = [addrs.src[0], addrs.src[1], addrs.src[2], addrs.src[3]];
+        (dst_ep, ENDPOINTS_V4.get(Key::new(32, src)))
+    } else {
+        let dst_ep = ENDPOINTS_V6
+            .get(Key::new(128, addrs.dst))
+            .ok_or(Reason::NoEndpoint)?;
+        (dst_ep, ENDPOINTS_V6.get(Key::new(128, addrs.src)))
+    };
     let endpoint = check_endpoints(ingress, eth, dst_ep, src_ep)?;
-    if ip[7] <= 1 {
+    if ttl <= 1 {
         return Err(Reason::TtlExpired);
     }
-    Ok(Forward {
-        endpoint,
-        l3: L3::V6,
-    })
+    Ok(endpoint)
+}
+
+/// Reads the transport header at `off`; `room` is what the IP header says follows it.
+/// ICMP errors, NDP and protocols the flow rule does not know are decided here.
+#[inline(always)]
+fn parse_l4(pkt: &Packet, off: usize, room: usize, proto: u8, family: u8) -> Result<L4, Reason> {
+    match proto {
+        IPPROTO_TCP => {
+            let h: *const [u8; TCP_READ] = pkt.ptr_at(off).ok_or(Reason::Malformed)?;
+            if room < TCP_READ {
+                return Err(Reason::Malformed);
+            }
+            // SAFETY: bounds checked by ptr_at.
+            let h = unsafe { &*h };
+            Ok(L4::Tcp {
+                sport: [h[0], h[1]],
+                dport: [h[2], h[3]],
+                seq: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+                ack: u32::from_be_bytes([h[8], h[9], h[10], h[11]]),
+                flags: h[13],
+            })
+        }
+        IPPROTO_UDP => {
+            let h: *const [u8; 4] = pkt.ptr_at(off).ok_or(Reason::Malformed)?;
+            if room < UDP_HLEN {
+                return Err(Reason::Malformed);
+            }
+            // SAFETY: bounds checked by ptr_at.
+            let h = unsafe { &*h };
+            Ok(L4::Udp {
+                sport: [h[0], h[1]],
+                dport: [h[2], h[3]],
+            })
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            let icmp_type: *const u8 = pkt.ptr_at(off).ok_or(Reason::Malformed)?;
+            if room < 1 {
+                return Err(Reason::Malformed);
+            }
+            // SAFETY: bounds checked by ptr_at.
+            let icmp_type = unsafe { *icmp_type };
+            let kind = if family == FAMILY_V4 && proto == IPPROTO_ICMP {
+                icmpv4_kind(icmp_type)
+            } else if family == FAMILY_V6 && proto == IPPROTO_ICMPV6 {
+                if icmpv6_is_ndp(icmp_type) {
+                    return Err(Reason::Ndp);
+                }
+                icmpv6_kind(icmp_type)
+            } else {
+                // ICMP in IPv6 or ICMPv6 in IPv4: nothing we forward.
+                IcmpKind::Other
+            };
+            let request = match kind {
+                IcmpKind::EchoRequest => true,
+                IcmpKind::EchoReply => false,
+                IcmpKind::Error => return Err(Reason::IcmpError),
+                IcmpKind::Other => return Err(Reason::OtherProtocol),
+            };
+            let h: *const [u8; ICMP_HLEN] = pkt.ptr_at(off).ok_or(Reason::Malformed)?;
+            if room < ICMP_HLEN {
+                return Err(Reason::Malformed);
+            }
+            // SAFETY: bounds checked by ptr_at.
+            let h = unsafe { &*h };
+            Ok(L4::Echo {
+                proto,
+                request,
+                id: [h[4], h[5]],
+            })
+        }
+        _ => Err(Reason::OtherProtocol),
+    }
+}
+
+/// Rule 6 on top of rules 3 to 5 (`endpoint`): the flow rule. A UDP datagram the kernel gets
+/// marks its source socket (`KERNEL_SOCKETS`).
+#[inline(always)]
+fn apply_flow_rule(
+    p: Parsed,
+    endpoint: Result<Endpoint, Reason>,
+    redirectable: impl Fn(u32) -> bool,
+) -> Result<Forward, Reason> {
+    let verdict = match endpoint {
+        Ok(endpoint) if !redirectable(endpoint.ifindex) => Err(Reason::TxPortMissing),
+        Ok(endpoint) => flow_rule(&p.addrs, &p.l4).map(|()| Forward { endpoint, l3: p.l3 }),
+        Err(reason) => Err(reason),
+    };
+    if let (Err(reason), L4::Udp { sport, .. }) = (&verdict, &p.l4) {
+        // A datagram held back because its destination is such a socket is a reply; its sender
+        // needs no mark (nothing sent to it is translated on its way).
+        if *reason != Reason::UdpKernelSocket {
+            remember_kernel_socket(&p.addrs, *sport);
+        }
+    }
+    verdict
+}
+
+#[inline(always)]
+const fn initiator(src_is_lo: bool) -> u8 {
+    if src_is_lo {
+        FLOW_INITIATOR_LO
+    } else {
+        FLOW_INITIATOR_HI
+    }
+}
+
+/// Rule 6 for a packet that may otherwise be redirected (and will be, if this says yes): checks
+/// and updates `FLOWS`. A BPF subprogram rather than inlined: its keys get a stack frame of
+/// their own instead of growing the hook's past the 512-byte limit.
+#[inline(never)]
+fn flow_rule(addrs: &Addrs, l4: &L4) -> Result<(), Reason> {
+    match *l4 {
+        L4::Udp { dport, .. } => {
+            let socket = SocketKey {
+                addr: addrs.dst,
+                port: dport,
+                family: addrs.family,
+                pad: 0,
+            };
+            // SAFETY: only tests for presence; the value is never read.
+            if unsafe { KERNEL_SOCKETS.get(&socket) }.is_some() {
+                return Err(Reason::UdpKernelSocket);
+            }
+            Ok(())
+        }
+        L4::Tcp {
+            sport,
+            dport,
+            seq,
+            ack,
+            flags,
+        } => {
+            let (key, src_is_lo) = FlowKey::new(
+                addrs.family,
+                IPPROTO_TCP,
+                &addrs.src,
+                sport,
+                &addrs.dst,
+                dport,
+            );
+            let flags = flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN);
+            if flags == TCP_SYN {
+                // A new connection (or its retransmitted SYN, or a new connection reusing the
+                // ports: the entry is replaced).
+                return start_flow(
+                    &key,
+                    &Flow {
+                        syn_seq: seq,
+                        initiator: initiator(src_is_lo),
+                        pad: [0; 3],
+                    },
+                );
+            }
+            // SAFETY: the value is copied out at once; a concurrent update of an 8-byte value
+            // can at worst give a mix of two valid entries, which the checks below reject.
+            let flow = unsafe { FLOWS.get(&key) }
+                .copied()
+                .ok_or(Reason::FlowNotSeen)?;
+            if flags & TCP_SYN != 0
+                && (flags != TCP_SYN | TCP_ACK
+                    || flow.initiator == initiator(src_is_lo)
+                    || ack != flow.syn_seq.wrapping_add(1))
+            {
+                // Not the answer to the SYN we saw: these ports now carry a connection the
+                // program did not see start (a DNAT'd one reusing them, typically). It belongs
+                // to the kernel, and so do the rest of its packets.
+                let _ = FLOWS.remove(&key);
+                return Err(Reason::FlowNotSeen);
+            }
+            if flags & TCP_RST != 0 {
+                // The connection is over (this RST still takes the fast path).
+                let _ = FLOWS.remove(&key);
+            }
+            Ok(())
+        }
+        L4::Echo { proto, request, id } => {
+            let (key, src_is_lo) =
+                FlowKey::new(addrs.family, proto, &addrs.src, id, &addrs.dst, id);
+            if request {
+                return start_flow(
+                    &key,
+                    &Flow {
+                        syn_seq: 0,
+                        initiator: initiator(src_is_lo),
+                        pad: [0; 3],
+                    },
+                );
+            }
+            // SAFETY: only tests for presence.
+            if unsafe { FLOWS.get(&key) }.is_none() {
+                return Err(Reason::FlowNotSeen);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Records a flow start. If that fails, the packet goes to the kernel, and so the flow lives
+/// there (conntrack sees its start).
+#[inline(always)]
+fn start_flow(key: &FlowKey, flow: &Flow) -> Result<(), Reason> {
+    FLOWS
+        .insert(key, flow, 0)
+        .map_err(|_| Reason::FlowTableFull)
+}
+
+/// Marks a local pod's UDP socket as talking through the kernel path (see `flow_rule`).
+/// Looks first: most datagrams of an exchange find the mark already there, and a lookup is
+/// cheaper than an update (it also refreshes the entry's LRU age). Not inlined, like
+/// `flow_rule`.
+#[inline(never)]
+fn remember_kernel_socket(addrs: &Addrs, port: [u8; 2]) {
+    let socket = SocketKey {
+        addr: addrs.src,
+        port,
+        family: addrs.family,
+        pad: 0,
+    };
+    // SAFETY: only tests for presence.
+    if unsafe { KERNEL_SOCKETS.get(&socket) }.is_none() {
+        // An LRU insert evicts rather than fails; should it fail all the same, this datagram
+        // still goes to the kernel, and the replies of an exchange that stays unmarked are
+        // the one risk, as with an evicted mark (README).
+        let _ = KERNEL_SOCKETS.insert(&socket, &0, 0);
+    }
 }
 
 /// Rules 3 and 4 of the design: both ends are meshed local pods, on different veths, and the

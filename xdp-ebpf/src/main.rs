@@ -31,34 +31,33 @@ pub fn xdp_fastpath(ctx: XdpContext) -> u32 {
     let len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as usize;
     let pkt = Packet::new(ctx.data(), ctx.data_end(), len);
     let ingress = ctx.ingress_ifindex() as u32;
-    match fastpath::decide(&pkt, ingress) {
+    // bpf_redirect_map only records the target; the frame moves after we return, and only on
+    // XDP_REDIRECT. So the redirect is set up while deciding (the flow rule must know that the
+    // packet will really go), and rewrite happens only once it is certain: a rewritten frame
+    // passed to the kernel would carry the wrong MACs and TTL. The fallback action (low bits of
+    // flags) is XDP_PASS when the port is missing. TX_PORTS holds only interfaces whose pod
+    // side takes native redirects.
+    let redirectable = |ifindex: u32| {
+        maps::TX_PORTS
+            .redirect(ifindex, u64::from(xdp_action::XDP_PASS))
+            .is_ok()
+    };
+    match fastpath::decide(&pkt, ingress, redirectable) {
         Verdict::Pass(reason) => {
             fastpath::count(reason, pkt.len());
             xdp_action::XDP_PASS
         }
         Verdict::Forward(fwd) => {
-            // bpf_redirect_map only records the target; the frame moves after we return. So
-            // check membership first and rewrite only when the redirect is certain: a
-            // rewritten frame passed to the kernel would carry the wrong MACs and TTL. The
-            // fallback action (low bits of flags) is XDP_PASS when the port is missing.
-            // TX_PORTS holds only interfaces whose pod side takes native redirects.
-            match maps::TX_PORTS.redirect(fwd.endpoint.ifindex, u64::from(xdp_action::XDP_PASS)) {
-                Ok(action) => {
-                    fastpath::rewrite(&pkt, &fwd);
-                    fastpath::count(Reason::Redirected, pkt.len());
-                    action
-                }
-                Err(_) => {
-                    fastpath::count(Reason::TxPortMissing, pkt.len());
-                    xdp_action::XDP_PASS
-                }
-            }
+            fastpath::rewrite(&pkt, &fwd);
+            fastpath::count(Reason::Redirected, pkt.len());
+            xdp_action::XDP_REDIRECT
         }
     }
 }
 
-/// Ethernet + IPv6 + the ICMPv6 type byte: the most `decide` reads.
-const PULL_LEN: u32 = 14 + 40 + 1;
+/// Ethernet + IPv6 + the first 14 bytes of TCP (ports, sequence and ack numbers, flags): the
+/// most `decide` reads.
+const PULL_LEN: u32 = 14 + 40 + 14;
 
 #[classifier]
 pub fn tc_fastpath(ctx: TcContext) -> i32 {
@@ -73,15 +72,14 @@ pub fn tc_fastpath(ctx: TcContext) -> i32 {
     let pkt = Packet::new(ctx.data(), ctx.data_end(), len);
     // SAFETY: reading a field of the program's own context.
     let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
-    let verdict = match fastpath::decide(&pkt, ingress) {
-        Verdict::Pass(reason) => reason,
-        // A redirect into an interface we did not attach (an endpoint left behind by a gone
-        // pod, an ifindex now used by something else) would be dropped: check first.
-        // SAFETY: only tests for presence; the value is never read.
-        Verdict::Forward(fwd)
-            if unsafe { maps::ATTACHMENTS.get(&fwd.endpoint.ifindex) }.is_none() =>
-        {
-            Reason::TxPortMissing
+    // A redirect into an interface we did not attach (an endpoint left behind by a gone pod, an
+    // ifindex now used by something else) would be dropped: check first.
+    // SAFETY: only tests for presence; the value is never read.
+    let redirectable = |ifindex: u32| unsafe { maps::ATTACHMENTS.get(&ifindex) }.is_some();
+    match fastpath::decide(&pkt, ingress, redirectable) {
+        Verdict::Pass(reason) => {
+            fastpath::count(reason, len);
+            TC_ACT_OK as i32
         }
         Verdict::Forward(fwd) => {
             fastpath::rewrite(&pkt, &fwd);
@@ -89,11 +87,9 @@ pub fn tc_fastpath(ctx: TcContext) -> i32 {
             // SAFETY: plain helper call; flags must be 0. It cannot fail for flags 0: it
             // returns TC_ACT_REDIRECT and the skb moves to the peer of the target veth (the
             // target pod's eth0), in the pod's namespace, after we return.
-            return unsafe { bpf_redirect_peer(fwd.endpoint.ifindex, 0) } as i32;
+            unsafe { bpf_redirect_peer(fwd.endpoint.ifindex, 0) as i32 }
         }
-    };
-    fastpath::count(verdict, len);
-    TC_ACT_OK as i32
+    }
 }
 
 #[cfg(not(test))]

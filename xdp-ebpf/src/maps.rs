@@ -3,11 +3,11 @@
 //! object without touching bpffs.
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::LpmTrie, Array, DevMapHash, HashMap, PerCpuArray},
+    maps::{lpm_trie::LpmTrie, Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use common::{
-    Attachment, ControllerState, Counter, Endpoint, Ipv4Key, Ipv6Key, MAX_ENDPOINTS, MAX_PORTS,
-    REASON_COUNT,
+    Attachment, ControllerState, Counter, Endpoint, Flow, FlowKey, Ipv4Key, Ipv6Key, SocketKey,
+    MAX_ENDPOINTS, MAX_FLOWS, MAX_KERNEL_SOCKETS, MAX_PORTS, REASON_COUNT,
 };
 
 #[map]
@@ -32,3 +32,16 @@ pub static ATTACHMENTS: HashMap<u32, Attachment> = HashMap::with_max_entries(MAX
 /// Not read by the datapath: the controller's self-report (see `common::ControllerState`).
 #[map]
 pub static CONTROLLER: Array<ControllerState> = Array::with_max_entries(1, 0);
+
+/// Flows the datapath saw start (TCP SYN, ICMP echo request) between two meshed local pods,
+/// untranslated: the only flows it fast-paths. Shared by both hooks, so a flow survives a switch
+/// between them. LRU: a full table evicts the least recently used flow, whose next packets then
+/// go to the kernel.
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+/// Local pod UDP sockets that sent a datagram the datapath left to the kernel (see
+/// `common::SocketKey`). The value is unused.
+#[map]
+pub static KERNEL_SOCKETS: LruHashMap<SocketKey, u32> =
+    LruHashMap::with_max_entries(MAX_KERNEL_SOCKETS, 0);
