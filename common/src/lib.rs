@@ -148,10 +148,11 @@ pub struct Flow {
 pub const FLOW_INITIATOR_LO: u8 = 0;
 pub const FLOW_INITIATOR_HI: u8 = 1;
 
-/// Key of `KERNEL_SOCKETS`: a local pod's UDP socket (address, port) that sent a datagram the
-/// datapath left to the kernel (to a Service VIP, a node port, a non-meshed peer, ...). Such a
-/// socket may be the client of a translated exchange, so datagrams *to* it must meet the
-/// kernel's reverse NAT and are never fast-pathed. Byte order as in [`FlowKey`].
+/// Key of `KERNEL_SOCKETS`: a local pod's UDP socket (address, port) that sent a datagram to an
+/// address that is no local pod (a Service VIP, a node's hostPort, a remote or external
+/// address), which the kernel may have translated. Such a socket may be the client of a
+/// translated exchange, so datagrams *to* it must meet the kernel's reverse NAT and are never
+/// fast-pathed. Byte order as in [`FlowKey`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SocketKey {

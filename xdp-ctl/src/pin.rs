@@ -53,9 +53,13 @@ impl PinDir {
         self.links_dir().join(format!("tcx-{ifindex}"))
     }
 
-    /// True if the maps of this layout are pinned here.
+    /// True if every map of this layout is pinned here. The loader pins them one by one (and
+    /// creating the preallocated flow tables takes a moment), so a reader that checked one map
+    /// only could find the rest missing while a first attach is under way.
     pub fn has_maps(&self) -> bool {
-        self.map_path(common::map_names::ATTACHMENTS).exists()
+        crate::maps::ALL_MAPS
+            .iter()
+            .all(|name| self.map_path(name).exists())
     }
 
     /// Fails with a clear message unless the pin directory is (or would be created) on bpffs.

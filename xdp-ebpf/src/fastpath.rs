@@ -11,8 +11,8 @@
 //!   close must stay on the path the flow lived on (without a conntrack entry the kernel calls
 //!   a FIN INVALID).
 //! - ICMP echo: a request starts a flow, a reply needs it. ICMP errors: always the kernel.
-//! - UDP has no handshake. A UDP socket of a local pod that sent a datagram the program left to
-//!   the kernel (to a Service VIP, say) is remembered in `KERNEL_SOCKETS`; datagrams *to* such a
+//! - UDP has no handshake. A UDP socket of a local pod that sent a datagram to an address that is
+//!   no local pod (a Service VIP, say) is remembered in `KERNEL_SOCKETS`; datagrams *to* such a
 //!   socket go to the kernel, which holds the reverse NAT of a translated exchange.
 use core::mem::size_of;
 
@@ -362,8 +362,8 @@ fn parse_l4(pkt: &Packet, off: usize, room: usize, proto: u8, family: u8) -> Res
     }
 }
 
-/// Rule 6 on top of rules 3 to 5 (`endpoint`): the flow rule. A UDP datagram the kernel gets
-/// marks its source socket (`KERNEL_SOCKETS`).
+/// Rule 6 on top of rules 3 to 5 (`endpoint`): the flow rule. A UDP datagram to an address that
+/// is no local pod marks its source socket (`KERNEL_SOCKETS`).
 #[inline(always)]
 fn apply_flow_rule(
     p: Parsed,
@@ -375,12 +375,13 @@ fn apply_flow_rule(
         Ok(endpoint) => flow_rule(&p.addrs, &p.l4).map(|()| Forward { endpoint, l3: p.l3 }),
         Err(reason) => Err(reason),
     };
-    if let (Err(reason), L4::Udp { sport, .. }) = (&verdict, &p.l4) {
-        // A datagram held back because its destination is such a socket is a reply; its sender
-        // needs no mark (nothing sent to it is translated on its way).
-        if *reason != Reason::UdpKernelSocket {
-            remember_kernel_socket(&p.addrs, *sport);
-        }
+    if let (Err(Reason::NoEndpoint), L4::Udp { sport, .. }) = (&verdict, &p.l4) {
+        // Sent to an address that is no local pod: a Service VIP, a node port, an external
+        // or remote address. Only such a destination can be translated on the way (kube-proxy
+        // never rewrites a pod's own address), so only such a datagram marks its socket. A
+        // transient pass (a redirect target missing for a moment during a switch) must not
+        // move a socket to the kernel path for good.
+        remember_kernel_socket(&p.addrs, *sport);
     }
     verdict
 }
