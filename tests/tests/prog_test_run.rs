@@ -26,6 +26,7 @@
 //! Needs root; skipped (with a message) otherwise.
 
 use std::fmt::Write as _;
+use std::mem::size_of;
 use std::process::Command;
 
 use anyhow::{anyhow, bail, ensure, Context as _, Result};
@@ -39,8 +40,8 @@ use aya::{
     Ebpf,
 };
 use common::{
-    map_names, pkt::ipv4_header_checksum, Attachment, Counter, Endpoint, Reason, ATT_DATAPATH_TC,
-    ATT_MODE_TCX, EP_F_MESHED,
+    map_names, pkt::ipv4_header_checksum, Attachment, Counter, Endpoint, Flow, FlowKey, Reason,
+    ATT_DATAPATH_TC, ATT_MODE_TCX, EP_F_MESHED, MAX_FLOWS,
 };
 use xdp_ctl::{EBPF_OBJECT, TC_PROGRAM, XDP_PROGRAM};
 
@@ -1800,4 +1801,603 @@ fn documented_malformed_edge_cases() {
         "documented_malformed_edge_cases",
         documented_malformed_cases,
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The flow rule (rule 6): only flows the program saw start, untranslated, take the fast path.
+// Cases run in order on one bench, so a case sees the flow table the cases before it left.
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_PSH: u8 = 0x08;
+const TCP_ACK: u8 = 0x10;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_GRE: u8 = 47;
+const IPPROTO_SCTP: u8 = 132;
+
+/// A TCP segment `sport -> dport` with `flags`, sequence and acknowledgment numbers, and a
+/// payload.
+fn tcp_seg(sport: u16, dport: u16, flags: u8, seq: u32, ack: u32) -> Vec<u8> {
+    let mut t = Vec::new();
+    t.extend_from_slice(&sport.to_be_bytes());
+    t.extend_from_slice(&dport.to_be_bytes());
+    t.extend_from_slice(&seq.to_be_bytes());
+    t.extend_from_slice(&ack.to_be_bytes());
+    t.extend_from_slice(&[0x50, flags, 0xfa, 0xf0, 0xab, 0xcd, 0, 0]);
+    t.extend_from_slice(PAYLOAD);
+    t
+}
+
+fn udp_ports(sport: u16, dport: u16) -> Vec<u8> {
+    let mut u = udp(PAYLOAD);
+    u[0..2].copy_from_slice(&sport.to_be_bytes());
+    u[2..4].copy_from_slice(&dport.to_be_bytes());
+    u
+}
+
+/// An ICMP / ICMPv6 message: type, code 0, checksum (not verified), identifier, sequence.
+fn icmp_msg(icmp_type: u8, id: u16) -> Vec<u8> {
+    let mut m = vec![icmp_type, 0, 0x5a, 0x5a];
+    m.extend_from_slice(&id.to_be_bytes());
+    m.extend_from_slice(&[0, 1]);
+    m.extend_from_slice(PAYLOAD);
+    m
+}
+
+fn v4_l4(src: u8, dst: u8, proto: u8, payload: Vec<u8>) -> V4 {
+    V4 {
+        proto,
+        payload,
+        ..V4::udp(v4(src), v4(dst))
+    }
+}
+
+/// A frame from endpoint `src` to `dst` carrying `proto`/`payload`, as `src`'s pod sends it to
+/// its host veth (A, B, or C's MAC), with `v6` choosing the family.
+fn l4_frame(v6: bool, src: u8, dst: u8, proto: u8, payload: Vec<u8>) -> Vec<u8> {
+    let host_mac = endpoint_spec(src).host_mac;
+    if v6 {
+        V6::new(proto, payload, addr_v6(src), addr_v6(dst)).frame_to(host_mac)
+    } else {
+        v4_l4(src, dst, proto, payload).frame_to(host_mac)
+    }
+}
+
+/// `n` as an IPv6 endpoint address, or `NOT_EP`'s.
+fn addr_v6(n: u8) -> [u8; 16] {
+    v6(n)
+}
+
+/// The ingress port of endpoint `n`'s pod.
+fn port_of(n: u8) -> Port {
+    if n == NOT_EP {
+        Port::A
+    } else {
+        endpoint_spec(n).port
+    }
+}
+
+fn tcp_case(v6: bool, name: &str, src: u8, dst: u8, seg: Vec<u8>, expect: Expect) -> Case {
+    let fam = if v6 { "v6" } else { "v4" };
+    Case {
+        name: format!("{fam} {name}"),
+        frame: l4_frame(v6, src, dst, IPPROTO_TCP, seg),
+        ingress: port_of(src),
+        expect,
+    }
+}
+
+/// A TCP connection's life, from A (port `pa`) to B:8080, in one family.
+fn tcp_flow_cases(v6: bool) -> Vec<Case> {
+    use Expect::{Pass, Redirect};
+    let (a, b) = (EP_A, EP_B);
+    let t = |name: &str, src, dst, seg| tcp_case(v6, name, src, dst, seg, Redirect(dst));
+    let k =
+        |name: &str, src, dst, seg| tcp_case(v6, name, src, dst, seg, Pass(Reason::FlowNotSeen));
+    vec![
+        // Segments of flows the program never saw start: older than the attach, or born on the
+        // kernel path (a DNAT'd connection's SYN-ACK, B -> A, answers a SYN to a VIP).
+        k("ack, no flow", a, b, tcp_seg(41000, 8080, TCP_ACK, 1, 1)),
+        k(
+            "syn-ack, no flow",
+            b,
+            a,
+            tcp_seg(8080, 41000, TCP_SYN | TCP_ACK, 1, 1),
+        ),
+        k("rst, no flow", a, b, tcp_seg(41000, 8080, TCP_RST, 1, 0)),
+        k(
+            "fin, no flow",
+            a,
+            b,
+            tcp_seg(41000, 8080, TCP_FIN | TCP_ACK, 1, 1),
+        ),
+        // A connection born on the fast path, through its close.
+        t(
+            "syn starts a flow",
+            a,
+            b,
+            tcp_seg(41000, 8080, TCP_SYN, 1000, 0),
+        ),
+        t(
+            "retransmitted syn",
+            a,
+            b,
+            tcp_seg(41000, 8080, TCP_SYN, 1000, 0),
+        ),
+        t(
+            "syn-ack answering it",
+            b,
+            a,
+            tcp_seg(8080, 41000, TCP_SYN | TCP_ACK, 5000, 1001),
+        ),
+        t("ack", a, b, tcp_seg(41000, 8080, TCP_ACK, 1001, 5001)),
+        t(
+            "data",
+            a,
+            b,
+            tcp_seg(41000, 8080, TCP_ACK | TCP_PSH, 1001, 5001),
+        ),
+        t(
+            "reply data",
+            b,
+            a,
+            tcp_seg(8080, 41000, TCP_ACK | TCP_PSH, 5001, 1030),
+        ),
+        t(
+            "retransmitted syn-ack",
+            b,
+            a,
+            tcp_seg(8080, 41000, TCP_SYN | TCP_ACK, 5000, 1001),
+        ),
+        // A FIN keeps the flow: the close stays on the path the flow lived on (without a
+        // conntrack entry the kernel would call a FIN INVALID).
+        t(
+            "fin",
+            a,
+            b,
+            tcp_seg(41000, 8080, TCP_FIN | TCP_ACK, 1030, 5030),
+        ),
+        t(
+            "ack after fin",
+            b,
+            a,
+            tcp_seg(8080, 41000, TCP_ACK, 5030, 1031),
+        ),
+        t(
+            "fin back",
+            b,
+            a,
+            tcp_seg(8080, 41000, TCP_FIN | TCP_ACK, 5030, 1031),
+        ),
+        t("last ack", a, b, tcp_seg(41000, 8080, TCP_ACK, 1031, 5031)),
+        // A RST ends it: it takes the fast path, later segments do not.
+        t(
+            "rst ends the flow",
+            b,
+            a,
+            tcp_seg(8080, 41000, TCP_RST | TCP_ACK, 5031, 1031),
+        ),
+        k(
+            "after the rst",
+            a,
+            b,
+            tcp_seg(41000, 8080, TCP_ACK, 1031, 5031),
+        ),
+        // The ports reused by a connection the program did not see start (A's SYN went to a
+        // Service VIP and was DNAT'd to B:8080): its SYN-ACK does not acknowledge the SYN that
+        // created the entry, so it and the rest of that connection go to the kernel.
+        t(
+            "syn, port 42000",
+            a,
+            b,
+            tcp_seg(42000, 8080, TCP_SYN, 7000, 0),
+        ),
+        k(
+            "syn-ack to another syn",
+            b,
+            a,
+            tcp_seg(8080, 42000, TCP_SYN | TCP_ACK, 9, 12345),
+        ),
+        k(
+            "data after it",
+            b,
+            a,
+            tcp_seg(8080, 42000, TCP_ACK, 10, 12345),
+        ),
+        k(
+            "and the other way",
+            a,
+            b,
+            tcp_seg(42000, 8080, TCP_ACK, 12345, 10),
+        ),
+        // A SYN-ACK from the initiator's own side answers nothing the program saw.
+        t("syn, port 43000", a, b, tcp_seg(43000, 8080, TCP_SYN, 1, 0)),
+        k(
+            "syn-ack from the initiator",
+            a,
+            b,
+            tcp_seg(43000, 8080, TCP_SYN | TCP_ACK, 1, 2),
+        ),
+        k("data after that", a, b, tcp_seg(43000, 8080, TCP_ACK, 2, 2)),
+        // A new SYN on the same ports replaces the flow: the old ISN no longer answers.
+        t(
+            "syn, port 44000",
+            a,
+            b,
+            tcp_seg(44000, 8080, TCP_SYN, 10, 0),
+        ),
+        t(
+            "new syn, same ports",
+            a,
+            b,
+            tcp_seg(44000, 8080, TCP_SYN, 20, 0),
+        ),
+        k(
+            "syn-ack to the old syn",
+            b,
+            a,
+            tcp_seg(8080, 44000, TCP_SYN | TCP_ACK, 1, 11),
+        ),
+        t("syn again", a, b, tcp_seg(44000, 8080, TCP_SYN, 30, 0)),
+        t(
+            "syn-ack to the new syn",
+            b,
+            a,
+            tcp_seg(8080, 44000, TCP_SYN | TCP_ACK, 1, 31),
+        ),
+        // Odd flag combinations never start a flow.
+        k(
+            "syn+fin",
+            a,
+            b,
+            tcp_seg(45000, 8080, TCP_SYN | TCP_FIN, 1, 0),
+        ),
+        k(
+            "syn+rst",
+            a,
+            b,
+            tcp_seg(45000, 8080, TCP_SYN | TCP_RST, 1, 0),
+        ),
+        // The flow of a SYN that did not pass (not meshed) was never recorded.
+        tcp_case(
+            v6,
+            "syn to an unmeshed pod",
+            a,
+            EP_B_UNMESHED,
+            tcp_seg(46000, 8080, TCP_SYN, 1, 0),
+            Pass(Reason::NotMeshed),
+        ),
+        // TCP header cut short by the IP length: malformed.
+        Case {
+            name: format!("{} tcp header cut short", if v6 { "v6" } else { "v4" }),
+            frame: l4_frame(
+                v6,
+                a,
+                b,
+                IPPROTO_TCP,
+                tcp_seg(47000, 8080, TCP_SYN, 1, 0)[..10].to_vec(),
+            ),
+            ingress: Port::A,
+            expect: Pass(Reason::Malformed),
+        },
+    ]
+}
+
+fn flow_cases() -> Vec<Case> {
+    use Expect::{Pass, Redirect};
+    let mut cases = tcp_flow_cases(false);
+    cases.extend(tcp_flow_cases(true));
+    for v6 in [false, true] {
+        let fam = if v6 { "v6" } else { "v4" };
+        let (icmp, errors, other): (u8, &[u8], u8) = if v6 {
+            (IPPROTO_ICMPV6, &[1, 2, 3, 4], 130)
+        } else {
+            (IPPROTO_ICMP, &[3, 4, 5, 11, 12], 13)
+        };
+        let (echo_request, echo_reply) = if v6 { (128, 129) } else { (8, 0) };
+        let case = |name: &str, src: u8, dst: u8, proto: u8, payload: Vec<u8>, expect| Case {
+            name: format!("{fam} {name}"),
+            frame: l4_frame(v6, src, dst, proto, payload),
+            ingress: port_of(src),
+            expect,
+        };
+        cases.extend([
+            // UDP: A's socket 45000 asks a Service VIP (no endpoint; the kernel DNATs it), so
+            // the reply B:53 -> A:45000 must meet the kernel's reverse NAT.
+            case(
+                "udp to a pod",
+                EP_A,
+                EP_B,
+                IPPROTO_UDP,
+                udp_ports(45000, 53),
+                Redirect(EP_B),
+            ),
+            case(
+                "udp to a vip",
+                EP_A,
+                NOT_EP,
+                IPPROTO_UDP,
+                udp_ports(45000, 53),
+                Pass(Reason::NoEndpoint),
+            ),
+            case(
+                "udp reply to a socket on the kernel path",
+                EP_B,
+                EP_A,
+                IPPROTO_UDP,
+                udp_ports(53, 45000),
+                Pass(Reason::UdpKernelSocket),
+            ),
+            case(
+                "udp from that socket to a pod",
+                EP_A,
+                EP_B,
+                IPPROTO_UDP,
+                udp_ports(45000, 53),
+                Redirect(EP_B),
+            ),
+            case(
+                "udp to another socket of that pod",
+                EP_B,
+                EP_A,
+                IPPROTO_UDP,
+                udp_ports(53, 45001),
+                Redirect(EP_A),
+            ),
+            // A pass for another reason (a pod address: never translated) marks nothing.
+            case(
+                "udp to an unmeshed pod",
+                EP_A,
+                EP_B_UNMESHED,
+                IPPROTO_UDP,
+                udp_ports(46000, 53),
+                Pass(Reason::NotMeshed),
+            ),
+            case(
+                "udp reply to that socket",
+                EP_B,
+                EP_A,
+                IPPROTO_UDP,
+                udp_ports(53, 46000),
+                Redirect(EP_A),
+            ),
+            case(
+                "udp header cut short",
+                EP_A,
+                EP_B,
+                IPPROTO_UDP,
+                udp_ports(47000, 53)[..6].to_vec(),
+                Pass(Reason::Malformed),
+            ),
+            // ICMP echo: a request starts an exchange, a reply needs one.
+            case(
+                "echo reply, no request",
+                EP_B,
+                EP_A,
+                icmp,
+                icmp_msg(echo_reply, 7),
+                Pass(Reason::FlowNotSeen),
+            ),
+            case(
+                "echo request",
+                EP_A,
+                EP_B,
+                icmp,
+                icmp_msg(echo_request, 7),
+                Redirect(EP_B),
+            ),
+            case(
+                "echo reply",
+                EP_B,
+                EP_A,
+                icmp,
+                icmp_msg(echo_reply, 7),
+                Redirect(EP_A),
+            ),
+            case(
+                "echo reply, other id",
+                EP_B,
+                EP_A,
+                icmp,
+                icmp_msg(echo_reply, 8),
+                Pass(Reason::FlowNotSeen),
+            ),
+            case(
+                "echo request cut short",
+                EP_A,
+                EP_B,
+                icmp,
+                icmp_msg(echo_request, 7)[..6].to_vec(),
+                Pass(Reason::Malformed),
+            ),
+            case(
+                "other icmp type",
+                EP_A,
+                EP_B,
+                icmp,
+                icmp_msg(other, 1),
+                Pass(Reason::OtherProtocol),
+            ),
+            case(
+                "sctp",
+                EP_A,
+                EP_B,
+                IPPROTO_SCTP,
+                udp_ports(1, 2),
+                Pass(Reason::OtherProtocol),
+            ),
+            case(
+                "gre",
+                EP_A,
+                EP_B,
+                IPPROTO_GRE,
+                udp_ports(1, 2),
+                Pass(Reason::OtherProtocol),
+            ),
+            case(
+                "the other family's icmp",
+                EP_A,
+                EP_B,
+                if v6 { IPPROTO_ICMP } else { IPPROTO_ICMPV6 },
+                icmp_msg(echo_request, 1),
+                Pass(Reason::OtherProtocol),
+            ),
+        ]);
+        // ICMP errors may be about a translated flow: always the kernel's, in both directions.
+        for &t in errors {
+            cases.push(case(
+                &format!("icmp error type {t}"),
+                EP_A,
+                EP_B,
+                icmp,
+                icmp_msg(t, 0),
+                Pass(Reason::IcmpError),
+            ));
+            cases.push(case(
+                &format!("icmp error type {t} back"),
+                EP_B,
+                EP_A,
+                icmp,
+                icmp_msg(t, 0),
+                Pass(Reason::IcmpError),
+            ));
+        }
+    }
+    cases
+}
+
+#[test]
+fn flow_rule_tcp_udp_icmp() {
+    run_cases("flow_rule_tcp_udp_icmp", flow_cases);
+}
+
+/// Pins the calling thread to CPU 0: a test run executes on the caller's CPU, and the kernel's
+/// LRU keeps recently allocated entries on per-CPU lists, so the program's inserts and the
+/// test's own must share one CPU for eviction to reach the program's entry.
+fn pin_to_cpu0() -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it; 0 = this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        ensure!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set) == 0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+/// A full flow table evicts its least recently used flow, and that flow's next packets go to
+/// the kernel (where conntrack picks them up), counted as `flow_not_seen`: never dropped or
+/// misdelivered. Fills `FLOWS` to capacity from user space after a SYN.
+#[test]
+fn a_full_flow_table_sends_evicted_flows_to_the_kernel() {
+    for_each_hook(
+        "a_full_flow_table_sends_evicted_flows_to_the_kernel",
+        |bench| {
+            pin_to_cpu0()?;
+            let syn = tcp_case(
+                false,
+                "syn",
+                EP_A,
+                EP_B,
+                tcp_seg(41000, 8080, TCP_SYN, 1, 0),
+                Expect::Redirect(EP_B),
+            );
+            bench.check_all(&[syn])?;
+            {
+                let map = bench.ebpf.map(map_names::FLOWS).context("FLOWS")?;
+                let flows: HashMap<&MapData, FlowKey, Flow> = HashMap::try_from(map)?;
+                ensure!(
+                    flows.keys().count() == 1,
+                    "the SYN left no single flow entry"
+                );
+            }
+            let map = bench.ebpf.map(map_names::FLOWS).context("FLOWS")?;
+            let fd = map_fd(map)?;
+            let flow = Flow {
+                syn_seq: 1,
+                initiator: 0,
+                pad: [0; 3],
+            };
+            for i in 0..MAX_FLOWS {
+                let mut key = FlowKey {
+                    lo_addr: [0; 16],
+                    hi_addr: [0; 16],
+                    lo_port: [0; 2],
+                    hi_port: [0; 2],
+                    proto: IPPROTO_TCP,
+                    family: common::FAMILY_V4,
+                    pad: [0; 2],
+                };
+                key.lo_addr[..4].copy_from_slice(&[10, 250, 0, 1]);
+                key.hi_addr[..4].copy_from_slice(&i.to_be_bytes());
+                update(fd, &key, &flow)?;
+            }
+            let after = tcp_case(
+                false,
+                "ack of the evicted flow",
+                EP_A,
+                EP_B,
+                tcp_seg(41000, 8080, TCP_ACK, 2, 2),
+                Expect::Pass(Reason::FlowNotSeen),
+            );
+            let syn_again = tcp_case(
+                false,
+                "a new syn still starts a flow",
+                EP_A,
+                EP_B,
+                tcp_seg(41001, 8080, TCP_SYN, 1, 0),
+                Expect::Redirect(EP_B),
+            );
+            bench.check_all(&[after, syn_again])
+        },
+    );
+}
+
+/// The raw fd of a map of the loaded object (aya's typed map would borrow it mutably, and the
+/// fill loop needs nothing but BPF_MAP_UPDATE_ELEM).
+fn map_fd(map: &aya::maps::Map) -> Result<std::os::fd::RawFd> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let aya::maps::Map::LruHashMap(data) = map else {
+        bail!("FLOWS is not an LRU hash map");
+    };
+    Ok(data.fd().as_fd().as_raw_fd())
+}
+
+/// BPF_MAP_UPDATE_ELEM (BPF_ANY) straight through the syscall.
+fn update<K, V>(fd: std::os::fd::RawFd, key: &K, value: &V) -> Result<()> {
+    #[repr(C)]
+    struct Attr {
+        map_fd: u32,
+        pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    let attr = Attr {
+        map_fd: u32::try_from(fd)?,
+        pad: 0,
+        key: std::ptr::from_ref(key) as u64,
+        value: std::ptr::from_ref(value) as u64,
+        flags: 0,
+    };
+    const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+    // SAFETY: attr points at valid key and value buffers of the map's sizes for the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_ELEM,
+            &raw const attr,
+            size_of::<Attr>(),
+        )
+    };
+    ensure!(
+        r == 0,
+        "BPF_MAP_UPDATE_ELEM: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
 }
