@@ -13,6 +13,7 @@ PROG=$(basename "$0")
 # Fixed choices, documented in the help text.
 CLIENT_CPU=0     # iperf3 / sockperf client (pod1)
 SERVER_CPU=1     # iperf3 / sockperf server (pod2)
+RR_SERVER_CPU=1  # sockperf server; --same-cpu puts it on the client's CPU
 IPERF_PORT=5201
 SOCKPERF_PORT=11111
 RR_MSG_SIZE=64   # sockperf ping-pong message size, bytes
@@ -26,7 +27,7 @@ ALL_DATAPATHS=(kernel xdp tc)
 usage() {
   cat <<EOF
 Usage: ${PROG} [--trials T] [--duration D] [--rules K] [--quick] [--only LIST] [--json FILE]
-                        [--no-build]
+                        [--no-build] [--ctl BIN] [--baseline BIN] [--same-cpu]
 
 Benchmark pod1 -> pod2 (IPv4) on the netns bench, in one run, for these scenarios:
   kernel-0, kernel-K   no program: routing + netfilter FORWARD with 0 / K never-matching rules
@@ -60,7 +61,16 @@ Options:
   --only LIST    comma-separated subset of: kernel,xdp,tc (default all three)
   --json FILE    write every trial, the per-scenario summary and the run's parameters
   --no-build     use the existing target/release/xdp-ctl instead of building it
+  --ctl BIN      the xdp-ctl to measure (implies --no-build)
+  --baseline BIN another xdp-ctl build (e.g. the previous commit's): every fast-path scenario
+                 also runs with it, as xdp_base / tc_base, interleaved in the same trials, so
+                 "before" and "after" come from one run
+  --same-cpu     run the sockperf server on the client's CPU: cross-CPU wake-ups on a 2-vCPU
+                 VM (about 35 us) otherwise hide the datapath's own latency
   -h, --help     this text
+
+For each fast-path scenario the program's size is recorded too (bpftool: translated
+instructions, JIT bytes, instructions the verifier processed).
 
 Builds xdp-ctl (cargo build --release -p xdp-ctl), brings the bench up with
 scripts/bench-netns.sh (namespaces xbc<pid>-node, -pod1, -pod2; pins under
@@ -96,12 +106,15 @@ QUICK=0
 ONLY="kernel,xdp,tc"
 JSON_OUT=""
 BUILD=1
+BASELINE=""
 while [ $# -gt 0 ]; do
   case "$1" in
     -h | --help) usage; exit 0 ;;
-    --trials | --duration | --rules | --only | --json)
+    --trials | --duration | --rules | --only | --json | --ctl | --baseline)
       [ $# -ge 2 ] || usage_error "$1 needs a value"
       case "$1" in
+        --ctl) CTL_ARG=$2 ;;
+        --baseline) BASELINE=$2 ;;
         --trials) TRIALS=$2 ;;
         --duration) DURATION=$2 ;;
         --rules) RULES=$2 ;;
@@ -117,6 +130,7 @@ while [ $# -gt 0 ]; do
     --json=*) JSON_OUT=${1#*=}; shift ;;
     --quick) QUICK=1; shift ;;
     --no-build) BUILD=0; shift ;;
+    --same-cpu) SAME_CPU=1; shift ;;
     *) usage_error "unknown argument '$1'" ;;
   esac
 done
@@ -146,6 +160,14 @@ for dp in "${ALL_DATAPATHS[@]}"; do # canonical order, duplicates dropped
     if [ "$o" = "$dp" ]; then DATAPATHS+=("$dp"); break; fi
   done
 done
+if [ -n "$BASELINE" ]; then
+  [ -x "$BASELINE" ] || usage_error "--baseline: '$BASELINE' is not an executable"
+  BASELINE=$(realpath -- "$BASELINE")
+  for dp in xdp tc; do
+    [[ " ${DATAPATHS[*]} " == *" $dp "* ]] && DATAPATHS+=("${dp}_base")
+  done
+fi
+[ "${SAME_CPU:-0}" -eq 0 ] || RR_SERVER_CPU=$CLIENT_CPU
 RULE_SETS=(0)
 [ "$RULES" -eq 0 ] || RULE_SETS+=("$RULES")
 
@@ -165,6 +187,7 @@ NCPU=$(nproc)
 if [ "$NCPU" -lt 2 ]; then
   warn "only ${NCPU} CPU: client and server share CPU 0 (latency will not be comparable to DESIGN.md)"
   SERVER_CPU=0
+  RR_SERVER_CPU=0
 fi
 
 # --- state and cleanup ----------------------------------------------------------------------
@@ -177,7 +200,17 @@ HV1=${NAME}h1
 HV2=${NAME}h2
 PIN=/sys/fs/bpf/xfp-bench-$$
 CTL=$ROOT/target/release/xdp-ctl
+if [ -n "${CTL_ARG:-}" ]; then
+  [ -x "$CTL_ARG" ] || usage_error "--ctl: '$CTL_ARG' is not an executable"
+  CTL=$(realpath -- "$CTL_ARG")
+  BUILD=0
+fi
 CTL_N=("$CTL" --netns "$NODE" --pin-dir "$PIN")
+use_ctl() { # use_ctl SCENARIO_DATAPATH: the xdp-ctl that scenario runs with
+  local bin=$CTL
+  [[ $1 != *_base ]] || bin=$BASELINE
+  CTL_N=("$bin" --netns "$NODE" --pin-dir "$PIN")
+}
 WORK=""
 IPERF_PID=""
 SOCKPERF_PID=""
@@ -270,12 +303,12 @@ start_servers() {
   ip netns exec "$POD2" taskset -c "$SERVER_CPU" iperf3 -s -B "$POD2_V4" -p "$IPERF_PORT" \
     >"$WORK/iperf3-server.log" 2>&1 &
   IPERF_PID=$!
-  ip netns exec "$POD2" taskset -c "$SERVER_CPU" sockperf sr --tcp -i "$POD2_V4" -p "$SOCKPERF_PORT" \
+  ip netns exec "$POD2" taskset -c "$RR_SERVER_CPU" sockperf sr --tcp -i "$POD2_V4" -p "$SOCKPERF_PORT" \
     >"$WORK/sockperf-server.log" 2>&1 &
   SOCKPERF_PID=$!
   wait_listen "$IPERF_PORT" "iperf3 server" "$IPERF_PID"
   wait_listen "$SOCKPERF_PORT" "sockperf server" "$SOCKPERF_PID"
-  say "servers in ${POD2} on CPU ${SERVER_CPU}: iperf3 pid ${IPERF_PID}, sockperf pid ${SOCKPERF_PID}"
+  say "servers in ${POD2}: iperf3 pid ${IPERF_PID} on CPU ${SERVER_CPU}, sockperf pid ${SOCKPERF_PID} on CPU ${RR_SERVER_CPU}"
 }
 
 bench_up() { # bench_up RULES
@@ -295,16 +328,27 @@ bench_down() {
   BENCH_UP=0
 }
 
-attach_fastpath() { # attach_fastpath xdp|tc
-  local args=()
-  if [ "$HAS_DATAPATH" -eq 1 ]; then args+=(--datapath "$1"); fi
-  if [ "$1" = xdp ]; then args+=(--mode native); fi
+attach_fastpath() { # attach_fastpath xdp|tc|xdp_base|tc_base
+  local args=() dp=${1%_base}
+  use_ctl "$1"
+  if [ "$HAS_DATAPATH" -eq 1 ]; then args+=(--datapath "$dp"); fi
+  if [ "$dp" = xdp ]; then args+=(--mode native); fi
   say "xdp-ctl attach ${args[*]} ${HV1} ${HV2}"
   "${CTL_N[@]}" attach "${args[@]}" "$HV1" "$HV2"
   "${CTL_N[@]}" endpoint add "$POD1_V4" --iface "$HV1"
   "${CTL_N[@]}" endpoint add "$POD2_V4" --iface "$HV2"
   "${CTL_N[@]}" endpoint add "$POD1_V6" --iface "$HV1"
   "${CTL_N[@]}" endpoint add "$POD2_V6" --iface "$HV2"
+}
+
+# The attached program's size: {xlated_insns, jited_bytes, verified_insns} (bpftool).
+prog_size() {
+  local id
+  id=$("${CTL_N[@]}" --json status | jq -r '[.interfaces[].program_id // empty][0] // empty')
+  is_uint "$id" || die "status shows no program id for the attached fast path"
+  bpftool -j prog show id "$id" \
+    | jq -c '{program_id: .id, name: .name, xlated_insns: (.bytes_xlated / 8), jited_bytes: .bytes_jited,
+              verified_insns: (.verified_insns // null)}'
 }
 
 check_kernel_path() {
@@ -430,10 +474,10 @@ measure() {
 }
 
 run_trial() { # run_trial DATAPATH RULES TRIAL
-  local dp=$1 rules=$2 trial=$3 scen tcp rr udp
+  local dp=$1 rules=$2 trial=$3 scen tcp rr udp prog='null'
   scen=$dp-$rules
   step "${scen}: trial ${trial}/${TRIALS}"
-  if [ "$dp" = kernel ]; then check_kernel_path; else attach_fastpath "$dp"; fi
+  if [ "$dp" = kernel ]; then check_kernel_path; else attach_fastpath "$dp"; prog=$(prog_size); fi
   check_reachable
   say "${scen}: TCP throughput (iperf3, ${DURATION}s)"
   tcp=$(measure tcp "$dp")
@@ -447,8 +491,8 @@ run_trial() { # run_trial DATAPATH RULES TRIAL
     detach_fastpath
   fi
   jq -nc --arg s "$scen" --arg d "$dp" --argjson r "$rules" --argjson t "$trial" \
-    --argjson tcp "$tcp" --argjson rr "$rr" --argjson udp "$udp" \
-    '{scenario: $s, datapath: $d, rules: $r, trial: $t, tcp: $tcp, rr: $rr, udp64: $udp}' \
+    --argjson tcp "$tcp" --argjson rr "$rr" --argjson udp "$udp" --argjson prog "$prog" \
+    '{scenario: $s, datapath: $d, rules: $r, trial: $t, tcp: $tcp, rr: $rr, udp64: $udp, program: $prog}' \
     >>"$TRIALS_JSONL"
   jq -r '"\(.scenario) trial \(.trial): TCP \(.tcp.gbps * 100 | round / 100) Gbit/s | RR p50 \(.rr.p50_us) us, p99 \(.rr.p99_us) us | UDP \(.udp64.rx_pps / 1000 | round) kpps received (\(.udp64.lost_percent * 10 | round / 10)% lost)"
          + (if .tcp.redirected_packets then " | redirected pkts: tcp \(.tcp.redirected_packets), rr \(.rr.redirected_packets), udp \(.udp64.redirected_packets)" else "" end)
@@ -478,7 +522,7 @@ group_by(.scenario) | map({
   key: .[0].scenario,
   value: {datapath: .[0].datapath, rules: .[0].rules, trials: length,
           tcp_gbps: stat(.tcp.gbps), rr_p50_us: stat(.rr.p50_us), rr_p99_us: stat(.rr.p99_us),
-          udp64_rx_pps: stat(.udp64.rx_pps)}
+          udp64_rx_pps: stat(.udp64.rx_pps), program: .[0].program}
 }) | from_entries'
 SUMMARY=$(jq -s "$SUMMARY_JQ" "$TRIALS_JSONL")
 ORDER=()
@@ -494,6 +538,7 @@ if [ -n "$JSON_OUT" ]; then
     --arg sockperf "$(sockperf --version 2>&1 | awk '/version/ && !f { print; f = 1 }')" \
     '{parameters: {start: $t_start, end: $t_end, kernel: $kernel, cpus: $ncpu, trials: $trials,
                    duration_s: $duration, rules: $rules, client_cpu: $ccpu, server_cpu: $scpu,
+                   rr_server_cpu: '"$RR_SERVER_CPU"', baseline: '"$(jq -Rn --arg b "$BASELINE" '$b')"',
                    rr_msg_size: '"$RR_MSG_SIZE"', udp_payload: '"$UDP_PAYLOAD"',
                    git: $rev, iperf3: $iperf, sockperf: $sockperf,
                    notes: ["tcp.gbps: iperf3 single stream, bits/s received at pod2",
@@ -524,7 +569,11 @@ TABLE_FMT='%-14s %-22s %-22s %-24s %-20s\n'
     printf "$TABLE_FMT" "$c1" "$c2" "$c3" "$c4" "$c5"
   done
 }
-echo "RR = sockperf TCP ping-pong full round trip (${RR_MSG_SIZE}-byte messages), client CPU ${CLIENT_CPU}, server CPU ${SERVER_CPU}."
+echo "RR = sockperf TCP ping-pong full round trip (${RR_MSG_SIZE}-byte messages), client CPU ${CLIENT_CPU}, server CPU ${RR_SERVER_CPU}."
+echo "TCP = iperf3 single stream, client CPU ${CLIENT_CPU}, server CPU ${SERVER_CPU}."
+for s in "${ORDER[@]}"; do
+  jq -r --arg s "$s" '.[$s].program // empty | "program of \($s): \(.name) \(.xlated_insns) insns translated, \(.jited_bytes) bytes JIT, \(.verified_insns) insns verified"' <<<"$SUMMARY"
+done
 echo "UDP64 = iperf3 -u -l ${UDP_PAYLOAD} -b 0, datagrams received at pod2 per second; generator-limited on this VM."
 
 if [[ " ${DATAPATHS[*]} " == *" kernel "* ]] && [ "${#DATAPATHS[@]}" -gt 1 ]; then
