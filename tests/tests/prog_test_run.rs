@@ -1888,7 +1888,8 @@ fn tcp_case(v6: bool, name: &str, src: u8, dst: u8, seg: Vec<u8>, expect: Expect
     }
 }
 
-/// A TCP connection's life, from A (port `pa`) to B:8080, in one family.
+/// A TCP connection's life, from A to B:8080, in one family.
+#[expect(clippy::too_many_lines, reason = "a table of cases, one per line")]
 fn tcp_flow_cases(v6: bool) -> Vec<Case> {
     use Expect::{Pass, Redirect};
     let (a, b) = (EP_A, EP_B);
@@ -2084,6 +2085,7 @@ fn tcp_flow_cases(v6: bool) -> Vec<Case> {
     ]
 }
 
+#[expect(clippy::too_many_lines, reason = "a table of cases, one per line")]
 fn flow_cases() -> Vec<Case> {
     use Expect::{Pass, Redirect};
     let mut cases = tcp_flow_cases(false);
@@ -2377,6 +2379,7 @@ fn update<K, V>(fd: std::os::fd::RawFd, key: &K, value: &V) -> Result<()> {
         value: u64,
         flags: u64,
     }
+    const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
     let attr = Attr {
         map_fd: u32::try_from(fd)?,
         pad: 0,
@@ -2384,7 +2387,6 @@ fn update<K, V>(fd: std::os::fd::RawFd, key: &K, value: &V) -> Result<()> {
         value: std::ptr::from_ref(value) as u64,
         flags: 0,
     };
-    const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
     // SAFETY: attr points at valid key and value buffers of the map's sizes for the call.
     let r = unsafe {
         libc::syscall(
