@@ -10,7 +10,7 @@
 /// Layout version of the pinned objects. Bump it when a map's key or value layout changes, so an
 /// upgraded `xdp-ctl` never reinterprets maps pinned by an older one.
 ///
-/// 2: `COUNTERS` grew (flow reasons), `FLOWS` and `KERNEL_SOCKETS` added.
+/// 2: `COUNTERS` grew (flow and MTU reasons), `FLOWS` and `KERNEL_SOCKETS` added.
 pub const LAYOUT_VERSION: u32 = 2;
 
 /// Names of the pinned maps (also the map symbols in the eBPF object).
@@ -291,10 +291,14 @@ pub enum Reason {
     /// A flow start (TCP SYN, ICMP echo request) that could not be recorded in the flow table:
     /// it goes to the kernel, and the flow lives there.
     FlowTableFull = 20,
+    /// Longer than the target interface's MTU (per segment for GSO): the kernel fragments it or
+    /// sends the ICMP error. (Redirected, it would be dropped by veth or handed to the pod
+    /// oversize.)
+    MtuExceeded = 21,
 }
 
 /// Number of reasons; the size of the `COUNTERS` array.
-pub const REASON_COUNT: u32 = 21;
+pub const REASON_COUNT: u32 = 22;
 
 impl Reason {
     /// Every reason, in discriminant order.
@@ -320,6 +324,7 @@ impl Reason {
         Reason::UdpKernelSocket,
         Reason::OtherProtocol,
         Reason::FlowTableFull,
+        Reason::MtuExceeded,
     ];
 
     /// Stable snake-case name, used by `xdp-ctl stats` and metrics.
@@ -346,6 +351,7 @@ impl Reason {
             Reason::UdpKernelSocket => "udp_kernel_socket",
             Reason::OtherProtocol => "other_protocol",
             Reason::FlowTableFull => "flow_table_full",
+            Reason::MtuExceeded => "mtu_exceeded",
         }
     }
 

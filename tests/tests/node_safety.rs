@@ -32,6 +32,7 @@ for_each_datapath!(
     flow_survives_a_controller_restart_with_detach_on_exit,
     flow_survives_its_pod_leaving_the_mesh,
     flow_survives_leaving_and_rejoining_the_mesh_then_detach,
+    udp_to_a_pod_with_a_smaller_mtu_is_not_blackholed,
 );
 
 /// The TCP ClusterIP (port 80 -> pod 1:8080).
@@ -573,4 +574,50 @@ fn flow_survives_leaving_and_rejoining_the_mesh_then_detach(dp: Datapath) {
     detach(&b);
     phase(&flow, "after the detach");
     finish(flow, dp);
+}
+
+// ---------------------------------------------------------------------------------------------
+// MTU: pods of one node can differ in MTU.
+
+/// Pod 2's veth (both ends) gets MTU 1280 while pod 1 keeps 1500; pod 1 sends 1400-byte UDP
+/// datagrams (DF set, as Linux sends UDP by default) to pod 2's echo server. Redirected, the
+/// first would be dropped by veth (XDP) or handed over oversize (TC), and no ICMP error would
+/// ever teach pod 1 the path MTU: a black hole for XDP. Passed to the kernel (`mtu_exceeded`),
+/// it answers "fragmentation needed", pod 1 learns the MTU and fragments, and the fragments and
+/// the echoes get through.
+fn udp_to_a_pod_with_a_smaller_mtu_is_not_blackholed(dp: Datapath) {
+    let b = Bench::up(2);
+    b.attach_and_mesh(dp, &[1, 2]);
+    b.node_exec(&["ip", "link", "set", &b.host_veth(2), "mtu", "1280"]);
+    b.pod_exec(2, &["ip", "link", "set", "eth0", "mtu", "1280"]);
+    let servers = Servers::start(&b.pod_ns(2), b.pod_v4(2));
+    let before = counter(&b, "mtu_exceeded");
+    let to: SocketAddr = (b.pod_v4(2), DNS_PORT).into();
+    let echoed = in_ns(&b.pod_ns(1), move || {
+        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).map_err(|e| e.to_string())?;
+        s.connect(to).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .map_err(|e| e.to_string())?;
+        let datagram = pattern(1400, 99);
+        let mut buf = [0u8; 2048];
+        for attempt in 1..=20 {
+            // An error here is the ICMP "fragmentation needed" reported on the socket.
+            if s.send(&datagram).is_err() {
+                continue;
+            }
+            if let Ok(n) = s.recv(&mut buf) {
+                if buf[..n] == datagram[..] {
+                    return Ok(attempt);
+                }
+            }
+        }
+        Err("no 1400-byte datagram came back in 20 attempts".to_string())
+    });
+    servers.stop();
+    let attempts = echoed.unwrap_or_else(|e| panic!("{dp}: {e}"));
+    eprintln!("{dp}: echoed after {attempts} attempt(s)");
+    assert!(
+        counter(&b, "mtu_exceeded") > before,
+        "{dp}: the oversize datagram was not passed to the kernel as mtu_exceeded"
+    );
 }

@@ -2403,3 +2403,62 @@ fn update<K, V>(fd: std::os::fd::RawFd, key: &K, value: &V) -> Result<()> {
     );
     Ok(())
 }
+
+/// A frame longer than the target interface's MTU is passed to the kernel (which fragments it
+/// or sends the ICMP error), counted as `mtu_exceeded`, never redirected: veth's XDP transmit
+/// would drop it after it was counted, and `bpf_redirect_peer` would hand it to the pod
+/// oversize. The boundary is exact: an L3 packet of exactly the MTU is redirected.
+#[test]
+fn a_frame_over_the_target_mtu_goes_to_the_kernel() {
+    for_each_hook("a_frame_over_the_target_mtu_goes_to_the_kernel", |bench| {
+        ip(&["link", "set", "xb", "mtu", "576"])?;
+        let sized = |l3: usize, ipv6: bool| {
+            let hdr = if ipv6 { 40 } else { 20 };
+            let payload = vec![0x5a; l3 - hdr - 8];
+            let mut u = udp(&payload);
+            u[0..2].copy_from_slice(&48_000u16.to_be_bytes());
+            if ipv6 {
+                V6::new(IPPROTO_UDP, u, v6(EP_A), v6(EP_B)).frame()
+            } else {
+                V4 {
+                    payload: u,
+                    ..V4::udp(v4(EP_A), v4(EP_B))
+                }
+                .frame()
+            }
+        };
+        let mut cases = Vec::new();
+        for ipv6 in [false, true] {
+            let fam = if ipv6 { "v6" } else { "v4" };
+            cases.push(redirect(
+                format!("{fam} l3 576 = mtu"),
+                sized(576, ipv6),
+                EP_B,
+            ));
+            cases.push(pass(
+                format!("{fam} l3 577 > mtu"),
+                sized(577, ipv6),
+                Reason::MtuExceeded,
+            ));
+            cases.push(pass(
+                format!("{fam} l3 1500 > mtu"),
+                sized(1500, ipv6),
+                Reason::MtuExceeded,
+            ));
+        }
+        // The other direction (into xa, MTU 1500) is not limited.
+        cases.push(
+            redirect(
+                "v4 1500 into a 1500 mtu",
+                V4 {
+                    payload: udp(&[0x11; 1500 - 28]),
+                    ..V4::udp(v4(EP_B), v4(EP_A))
+                }
+                .frame_to(HOST_B_MAC),
+                EP_A,
+            )
+            .on(Port::B),
+        );
+        bench.check_all(&cases)
+    });
+}

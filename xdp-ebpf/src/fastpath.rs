@@ -84,26 +84,22 @@ pub enum L3 {
     V6,
 }
 
-/// What the flow rule needs of the transport header.
+/// What the flow rule needs of the transport header. A struct whose fields are always all set,
+/// not an enum with per-variant payloads: copying an enum copies the bytes its variant leaves
+/// undefined too, and LLVM may fill them from a stack slot that held a packet pointer, as a
+/// 32-bit store the verifier refuses ("invalid size of register spill").
 #[derive(Clone, Copy)]
-enum L4 {
-    Tcp {
-        sport: [u8; 2],
-        dport: [u8; 2],
-        seq: u32,
-        ack: u32,
-        flags: u8,
-    },
-    Udp {
-        sport: [u8; 2],
-        dport: [u8; 2],
-    },
-    /// ICMP / ICMPv6 echo request or reply, with its identifier.
-    Echo {
-        proto: u8,
-        request: bool,
-        id: [u8; 2],
-    },
+struct L4 {
+    /// `IPPROTO_TCP`, `IPPROTO_UDP`, or for an ICMP / ICMPv6 echo message its protocol.
+    proto: u8,
+    /// TCP: the flags byte. Echo: 1 for a request, 0 for a reply.
+    flags: u8,
+    /// TCP / UDP ports; for echo, the identifier in both.
+    sport: [u8; 2],
+    dport: [u8; 2],
+    /// TCP sequence and acknowledgment numbers (0 otherwise).
+    seq: u32,
+    ack: u32,
 }
 
 /// A packet's addresses, widened to 16 bytes (an IPv4 address fills the first 4), as the flow
@@ -132,13 +128,14 @@ fn be16(b: [u8; 2]) -> u16 {
 }
 
 /// Decides what to do with a frame that arrived on `ingress` (host-side veth ifindex).
-/// `redirectable` is the hook's own test that a target interface can take the redirect; it is
-/// asked before the flow rule, so that the flow table records a flow start only when its
-/// packet is really redirected (a SYN that went to the kernel must leave no entry). The frame
+/// `target_check` is the hook's own test that the target interface can take this packet (it is
+/// a redirect target of the hook, and the packet fits its MTU): `Redirected` if so, else the
+/// reason why not. It is asked before the flow rule, so that the flow table records a flow start only when its packet is really redirected
+/// (a SYN that went to the kernel must leave no entry). The frame
 /// itself is only read; `rewrite` writes it once the hook has committed to the redirect.
 #[inline(always)]
-pub fn decide(pkt: &Packet, ingress: u32, redirectable: impl Fn(u32) -> bool) -> Verdict {
-    match try_decide(pkt, ingress, redirectable) {
+pub fn decide(pkt: &Packet, ingress: u32, target_check: impl Fn(u32) -> Reason) -> Verdict {
+    match try_decide(pkt, ingress, target_check) {
         Ok(fwd) => Verdict::Forward(fwd),
         Err(reason) => Verdict::Pass(reason),
     }
@@ -148,7 +145,7 @@ pub fn decide(pkt: &Packet, ingress: u32, redirectable: impl Fn(u32) -> bool) ->
 fn try_decide(
     pkt: &Packet,
     ingress: u32,
-    redirectable: impl Fn(u32) -> bool,
+    target_check: impl Fn(u32) -> Reason,
 ) -> Result<Forward, Reason> {
     let eth: *const [u8; ETH_HLEN] = pkt.ptr_at(0).ok_or(Reason::Malformed)?;
     // SAFETY: bounds checked by ptr_at.
@@ -161,7 +158,7 @@ fn try_decide(
         _ => return Err(Reason::NotIp),
     };
     let endpoint = endpoint(ingress, &eth, &parsed.addrs, parsed.ttl);
-    apply_flow_rule(parsed, endpoint, redirectable)
+    apply_flow_rule(parsed, endpoint, target_check)
 }
 
 /// A packet that passed the IP-level checks (rules 1, 2): its addresses, transport header and
@@ -302,12 +299,13 @@ fn parse_l4(pkt: &Packet, off: usize, room: usize, proto: u8, family: u8) -> Res
             }
             // SAFETY: bounds checked by ptr_at.
             let h = unsafe { &*h };
-            Ok(L4::Tcp {
+            Ok(L4 {
+                proto,
+                flags: h[13],
                 sport: [h[0], h[1]],
                 dport: [h[2], h[3]],
                 seq: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
                 ack: u32::from_be_bytes([h[8], h[9], h[10], h[11]]),
-                flags: h[13],
             })
         }
         IPPROTO_UDP => {
@@ -317,9 +315,13 @@ fn parse_l4(pkt: &Packet, off: usize, room: usize, proto: u8, family: u8) -> Res
             }
             // SAFETY: bounds checked by ptr_at.
             let h = unsafe { &*h };
-            Ok(L4::Udp {
+            Ok(L4 {
+                proto,
+                flags: 0,
                 sport: [h[0], h[1]],
                 dport: [h[2], h[3]],
+                seq: 0,
+                ack: 0,
             })
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
@@ -352,10 +354,13 @@ fn parse_l4(pkt: &Packet, off: usize, room: usize, proto: u8, family: u8) -> Res
             }
             // SAFETY: bounds checked by ptr_at.
             let h = unsafe { &*h };
-            Ok(L4::Echo {
+            Ok(L4 {
                 proto,
-                request,
-                id: [h[4], h[5]],
+                flags: u8::from(request),
+                sport: [h[4], h[5]],
+                dport: [h[4], h[5]],
+                seq: 0,
+                ack: 0,
             })
         }
         _ => Err(Reason::OtherProtocol),
@@ -368,20 +373,24 @@ fn parse_l4(pkt: &Packet, off: usize, room: usize, proto: u8, family: u8) -> Res
 fn apply_flow_rule(
     p: Parsed,
     endpoint: Result<Endpoint, Reason>,
-    redirectable: impl Fn(u32) -> bool,
+    target_check: impl Fn(u32) -> Reason,
 ) -> Result<Forward, Reason> {
     let verdict = match endpoint {
-        Ok(endpoint) if !redirectable(endpoint.ifindex) => Err(Reason::TxPortMissing),
-        Ok(endpoint) => flow_rule(&p.addrs, &p.l4).map(|()| Forward { endpoint, l3: p.l3 }),
+        Ok(endpoint) => match target_check(endpoint.ifindex) {
+            Reason::Redirected => {
+                flow_rule(&p.addrs, &p.l4).map(|()| Forward { endpoint, l3: p.l3 })
+            }
+            reason => Err(reason),
+        },
         Err(reason) => Err(reason),
     };
-    if let (Err(Reason::NoEndpoint), L4::Udp { sport, .. }) = (&verdict, &p.l4) {
+    if matches!(verdict, Err(Reason::NoEndpoint)) && p.l4.proto == IPPROTO_UDP {
         // Sent to an address that is no local pod: a Service VIP, a node port, an external
         // or remote address. Only such a destination can be translated on the way (kube-proxy
         // never rewrites a pod's own address), so only such a datagram marks its socket. A
         // transient pass (a redirect target missing for a moment during a switch) must not
         // move a socket to the kernel path for good.
-        remember_kernel_socket(&p.addrs, *sport);
+        remember_kernel_socket(&p.addrs, p.l4.sport);
     }
     verdict
 }
@@ -400,90 +409,79 @@ const fn initiator(src_is_lo: bool) -> u8 {
 /// their own instead of growing the hook's past the 512-byte limit.
 #[inline(never)]
 fn flow_rule(addrs: &Addrs, l4: &L4) -> Result<(), Reason> {
-    match *l4 {
-        L4::Udp { dport, .. } => {
-            let socket = SocketKey {
-                addr: addrs.dst,
-                port: dport,
-                family: addrs.family,
-                pad: 0,
-            };
-            // SAFETY: only tests for presence; the value is never read.
-            if unsafe { KERNEL_SOCKETS.get(&socket) }.is_some() {
-                return Err(Reason::UdpKernelSocket);
-            }
-            Ok(())
+    if l4.proto == IPPROTO_UDP {
+        let socket = SocketKey {
+            addr: addrs.dst,
+            port: l4.dport,
+            family: addrs.family,
+            pad: 0,
+        };
+        // SAFETY: only tests for presence; the value is never read.
+        if unsafe { KERNEL_SOCKETS.get(&socket) }.is_some() {
+            return Err(Reason::UdpKernelSocket);
         }
-        L4::Tcp {
-            sport,
-            dport,
-            seq,
-            ack,
-            flags,
-        } => {
-            let (key, src_is_lo) = FlowKey::new(
-                addrs.family,
-                IPPROTO_TCP,
-                &addrs.src,
-                sport,
-                &addrs.dst,
-                dport,
-            );
-            let flags = flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN);
-            if flags == TCP_SYN {
-                // A new connection (or its retransmitted SYN, or a new connection reusing the
-                // ports: the entry is replaced).
-                return start_flow(
-                    &key,
-                    &Flow {
-                        syn_seq: seq,
-                        initiator: initiator(src_is_lo),
-                        pad: [0; 3],
-                    },
-                );
-            }
-            // SAFETY: the value is copied out at once; a concurrent update of an 8-byte value
-            // can at worst give a mix of two valid entries, which the checks below reject.
-            let flow = unsafe { FLOWS.get(&key) }
-                .copied()
-                .ok_or(Reason::FlowNotSeen)?;
-            if flags & TCP_SYN != 0
-                && (flags != TCP_SYN | TCP_ACK
-                    || flow.initiator == initiator(src_is_lo)
-                    || ack != flow.syn_seq.wrapping_add(1))
-            {
-                // Not the answer to the SYN we saw: these ports now carry a connection the
-                // program did not see start (a DNAT'd one reusing them, typically). It belongs
-                // to the kernel, and so do the rest of its packets.
-                let _ = FLOWS.remove(&key);
-                return Err(Reason::FlowNotSeen);
-            }
-            if flags & TCP_RST != 0 {
-                // The connection is over (this RST still takes the fast path).
-                let _ = FLOWS.remove(&key);
-            }
-            Ok(())
-        }
-        L4::Echo { proto, request, id } => {
-            let (key, src_is_lo) =
-                FlowKey::new(addrs.family, proto, &addrs.src, id, &addrs.dst, id);
-            if request {
-                return start_flow(
-                    &key,
-                    &Flow {
-                        syn_seq: 0,
-                        initiator: initiator(src_is_lo),
-                        pad: [0; 3],
-                    },
-                );
-            }
-            // SAFETY: only tests for presence.
-            if unsafe { FLOWS.get(&key) }.is_none() {
-                return Err(Reason::FlowNotSeen);
-            }
-            Ok(())
-        }
+        return Ok(());
     }
+    let (key, src_is_lo) = FlowKey::new(
+        addrs.family,
+        l4.proto,
+        &addrs.src,
+        l4.sport,
+        &addrs.dst,
+        l4.dport,
+    );
+    if l4.proto != IPPROTO_TCP {
+        // ICMP echo: a request starts an exchange, a reply needs one.
+        if l4.flags != 0 {
+            return start_flow(
+                &key,
+                &Flow {
+                    syn_seq: 0,
+                    initiator: initiator(src_is_lo),
+                    pad: [0; 3],
+                },
+            );
+        }
+        // SAFETY: only tests for presence.
+        if unsafe { FLOWS.get(&key) }.is_none() {
+            return Err(Reason::FlowNotSeen);
+        }
+        return Ok(());
+    }
+    let flags = l4.flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN);
+    if flags == TCP_SYN {
+        // A new connection (or its retransmitted SYN, or a new connection reusing the ports:
+        // the entry is replaced).
+        return start_flow(
+            &key,
+            &Flow {
+                syn_seq: l4.seq,
+                initiator: initiator(src_is_lo),
+                pad: [0; 3],
+            },
+        );
+    }
+    // SAFETY: the value is copied out at once; a concurrent update of an 8-byte value can at
+    // worst give a mix of two valid entries, which the checks below reject.
+    let flow = unsafe { FLOWS.get(&key) }
+        .copied()
+        .ok_or(Reason::FlowNotSeen)?;
+    if flags & TCP_SYN != 0
+        && (flags != TCP_SYN | TCP_ACK
+            || flow.initiator == initiator(src_is_lo)
+            || l4.ack != flow.syn_seq.wrapping_add(1))
+    {
+        // Not the answer to the SYN we saw: these ports now carry a connection the program did
+        // not see start (a DNAT'd one reusing them, typically). It belongs to the kernel, and
+        // so do the rest of its packets.
+        let _ = FLOWS.remove(&key);
+        return Err(Reason::FlowNotSeen);
+    }
+    if flags & TCP_RST != 0 {
+        // The connection is over (this RST still takes the fast path).
+        let _ = FLOWS.remove(&key);
+    }
+    Ok(())
 }
 
 /// Records a flow start. If that fails, the packet goes to the kernel, and so the flow lives

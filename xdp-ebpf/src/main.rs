@@ -13,13 +13,16 @@ mod fastpath;
 mod maps;
 
 use aya_ebpf::{
+    bindings::{__sk_buff, bpf_check_mtu_flags::BPF_MTU_CHK_SEGS},
     bindings::{xdp_action, TC_ACT_OK},
-    helpers::generated::{bpf_redirect_peer, bpf_xdp_get_buff_len},
+    helpers::generated::{bpf_check_mtu, bpf_redirect_peer, bpf_xdp_get_buff_len},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
 use common::Reason;
 use fastpath::{Packet, Verdict};
+
+const ETH_HLEN: usize = 14;
 
 /// Declared multi-buffer capable (`xdp.frags`): without it the kernel refuses to attach to a
 /// veth whose peer MTU exceeds one page (ERANGE, "Peer MTU is too large"), so pods with jumbo
@@ -37,12 +40,25 @@ pub fn xdp_fastpath(ctx: XdpContext) -> u32 {
     // passed to the kernel would carry the wrong MACs and TTL. The fallback action (low bits of
     // flags) is XDP_PASS when the port is missing. TX_PORTS holds only interfaces whose pod
     // side takes native redirects.
-    let redirectable = |ifindex: u32| {
-        maps::TX_PORTS
+    let target_check = |ifindex: u32| {
+        if maps::TX_PORTS
             .redirect(ifindex, u64::from(xdp_action::XDP_PASS))
-            .is_ok()
+            .is_err()
+        {
+            return Reason::TxPortMissing;
+        }
+        // veth's XDP transmit drops a frame longer than the target's MTU (after it was counted
+        // as redirected): the kernel path fragments it or sends the ICMP error instead. The L3
+        // length (the whole frame, frags included, minus Ethernet) is passed explicitly: the
+        // helper would otherwise measure the first buffer only.
+        let mut l3_len = len.saturating_sub(ETH_HLEN) as u32;
+        // SAFETY: plain helper call on the program's own context and a stack variable.
+        match unsafe { bpf_check_mtu(ctx.ctx.cast(), ifindex, &raw mut l3_len, 0, 0) } {
+            0 => Reason::Redirected,
+            _ => Reason::MtuExceeded,
+        }
     };
-    match fastpath::decide(&pkt, ingress, redirectable) {
+    match fastpath::decide(&pkt, ingress, target_check) {
         Verdict::Pass(reason) => {
             fastpath::count(reason, pkt.len());
             xdp_action::XDP_PASS
@@ -72,11 +88,16 @@ pub fn tc_fastpath(ctx: TcContext) -> i32 {
     let pkt = Packet::new(ctx.data(), ctx.data_end(), len);
     // SAFETY: reading a field of the program's own context.
     let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
-    // A redirect into an interface we did not attach (an endpoint left behind by a gone pod, an
-    // ifindex now used by something else) would be dropped: check first.
-    // SAFETY: only tests for presence; the value is never read.
-    let redirectable = |ifindex: u32| unsafe { maps::ATTACHMENTS.get(&ifindex) }.is_some();
-    match fastpath::decide(&pkt, ingress, redirectable) {
+    let target_check = |ifindex: u32| {
+        // A redirect into an interface we did not attach (an endpoint left behind by a gone
+        // pod, an ifindex now used by something else) would be dropped: check first.
+        // SAFETY: only tests for presence; the value is never read.
+        if unsafe { maps::ATTACHMENTS.get(&ifindex) }.is_none() {
+            return Reason::TxPortMissing;
+        }
+        tc_fits_mtu(ctx.skb.skb, ifindex)
+    };
+    match fastpath::decide(&pkt, ingress, target_check) {
         Verdict::Pass(reason) => {
             fastpath::count(reason, len);
             TC_ACT_OK as i32
@@ -89,6 +110,27 @@ pub fn tc_fastpath(ctx: TcContext) -> i32 {
             // target pod's eth0), in the pod's namespace, after we return.
             unsafe { bpf_redirect_peer(fwd.endpoint.ifindex, 0) as i32 }
         }
+    }
+}
+
+/// bpf_redirect_peer hands the skb to the pod whatever its length: check the target's MTU (the
+/// host veth's; a CNI gives both ends of a pod's veth the same one). A GSO skb is checked per
+/// segment (BPF_MTU_CHK_SEGS), as the kernel's forwarding would.
+#[inline(always)]
+fn tc_fits_mtu(skb: *mut __sk_buff, ifindex: u32) -> Reason {
+    let mut mtu_len = 0u32;
+    // SAFETY: plain helper call on the program's own context and a stack variable.
+    match unsafe {
+        bpf_check_mtu(
+            skb.cast(),
+            ifindex,
+            &raw mut mtu_len,
+            0,
+            u64::from(BPF_MTU_CHK_SEGS),
+        )
+    } {
+        0 => Reason::Redirected,
+        _ => Reason::MtuExceeded,
     }
 }
 
