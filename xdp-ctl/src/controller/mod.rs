@@ -196,10 +196,7 @@ impl Controller {
             let _lock = pins.create_and_lock()?;
             Attacher::new(pins, opts.datapath, opts.mode)?
         };
-        let members_map = {
-            let _lock = pins.lock()?;
-            MembershipMap::open_or_create(pins)?
-        };
+        let members_map = MembershipMap::open_or_create(pins)?;
         let (membership, updates) =
             Membership::start(&opts.membership, !opts.config.meshed.is_empty())?;
         let now = now_ms();

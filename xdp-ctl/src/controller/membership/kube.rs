@@ -39,28 +39,52 @@ const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Loads the configuration and builds the client now (a bad kubeconfig is a start-up error),
-/// then runs the watches on a thread of their own.
+/// then runs the watches on that thread, with a runtime of its own.
 pub fn spawn(opts: KubeOptions, tx: mpsc::UnboundedSender<Update>) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the kube source's runtime")?;
-    let client = rt.block_on(client(&opts))?;
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<Result<()>>();
     std::thread::Builder::new()
         .name("kube-source".into())
-        .spawn(move || rt.block_on(run(client, opts.node_name, tx)))
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the kube source's runtime")
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = started_tx.send(Err(e));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                match client(&opts).await {
+                    Ok(c) => {
+                        let _ = started_tx.send(Ok(()));
+                        run(c, opts.node_name, tx).await;
+                    }
+                    Err(e) => {
+                        let _ = started_tx.send(Err(e));
+                    }
+                }
+            });
+        })
         .context("starting the kube source thread")?;
-    Ok(())
+    started_rx
+        .recv()
+        .context("the kube source thread ended during start-up")?
 }
 
 async fn client(opts: &KubeOptions) -> Result<Client> {
     let config = match &opts.kubeconfig {
         Some(path) => {
-            let kc = Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            let kc = Kubeconfig::read_from(path).map_err(|e| {
+                anyhow::anyhow!("reading kubeconfig {}: {}", path.display(), one_line(&e))
+            })?;
             Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
                 .await
-                .with_context(|| format!("using kubeconfig {}", path.display()))?
+                .map_err(|e| {
+                    anyhow::anyhow!("using kubeconfig {}: {}", path.display(), one_line(&e))
+                })?
         }
         None => Config::infer().await.context(
             "no Kubernetes configuration: not running in a cluster (no service account) and no \
@@ -69,6 +93,17 @@ async fn client(opts: &KubeOptions) -> Result<Client> {
     };
     info!(api = %config.cluster_url, "kube source: Kubernetes API");
     Client::try_from(config).context("building the Kubernetes client")
+}
+
+/// An error and its causes on one line (YAML errors come with a multi-line excerpt).
+fn one_line(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s = format!("{s}: {c}");
+        cause = c.source();
+    }
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Exponential back-off between `BACKOFF_MIN` and `BACKOFF_MAX`, reset after a success.

@@ -165,13 +165,20 @@ fn create_and_pin(path: &std::path::Path) -> io::Result<()> {
 }
 
 impl MembershipMap {
-    /// Opens the pinned map, creating and pinning it first if needed (call with the pin dir
-    /// locked and its maps directory present).
+    /// Opens the pinned map, creating and pinning it first if needed (the maps directory must
+    /// exist). No lock needed: of two racing creators, the second one's pin fails with EEXIST
+    /// and it opens the first one's map.
     pub fn open_or_create(pins: &PinDir) -> Result<Self> {
         let path = pins.map_path(MAP_NAME);
         if !path.exists() {
-            create_and_pin(&path)
-                .with_context(|| format!("creating and pinning {}", path.display()))?;
+            match create_and_pin(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("creating and pinning {}", path.display()))
+                }
+            }
         }
         Self::open(pins)?.with_context(|| format!("{} vanished", path.display()))
     }
