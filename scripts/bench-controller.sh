@@ -398,7 +398,8 @@ start_controller() {
   (
     date +%s.%N >"$WORK/$tag.start"
     RUST_LOG=xdp_ctl=debug exec "$CTL" --netns "$NODE" --pin-dir "$PIN" run \
-      --iface-prefix "${NAME}h" --datapath "$dp" --resync-interval "$RESYNC_S" \
+      --iface-prefix "${NAME}h" --meshed-cidr 10.244.0.0/16 --meshed-cidr fd00::/64 \
+      --datapath "$dp" --resync-interval "$RESYNC_S" \
       >"$WORK/$tag.log" 2>&1
   ) &
   CTL_PID=$!

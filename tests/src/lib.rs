@@ -32,6 +32,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod kube_api;
+
 /// Timeout for helper commands (bench script, ip, iptables, ethtool, xdp-ctl).
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -1178,16 +1180,34 @@ impl Bench {
         out
     }
 
-    /// Starts `xdp-ctl run --iface-prefix PREFIXh EXTRA...` on this bench. Create it after the
-    /// bench, so that it is dropped (killed) before the bench tears down.
+    /// Starts `xdp-ctl run --iface-prefix PREFIXh` with every bench pod meshed by CIDR
+    /// ([`MESH_ALL`]) and EXTRA... on this bench. Create it after the bench, so that it is
+    /// dropped (killed) before the bench tears down.
     #[track_caller]
     pub fn controller(&self, extra: &[&str]) -> Controller {
+        let mut args = MESH_ALL.to_vec();
+        args.extend_from_slice(extra);
+        self.controller_bare(&args)
+    }
+
+    /// Starts `xdp-ctl run --iface-prefix PREFIXh EXTRA...`: no membership source unless EXTRA
+    /// names one.
+    #[track_caller]
+    pub fn controller_bare(&self, extra: &[&str]) -> Controller {
         let prefix = self.iface_prefix();
         let mut args = vec!["--iface-prefix", prefix.as_str()];
         args.extend_from_slice(extra);
         Controller::spawn(&self.xdp_ctl(), &args)
     }
 }
+
+/// `run` options that mesh every pod the bench can make (by CIDR).
+pub const MESH_ALL: [&str; 4] = [
+    "--meshed-cidr",
+    "10.244.0.0/16",
+    "--meshed-cidr",
+    "fd00::/64",
+];
 
 /// How often the polling helpers look again.
 pub const POLL: Duration = Duration::from_millis(20);
@@ -1224,6 +1244,12 @@ impl Controller {
     /// Starts `xdp-ctl [--pin-dir, --netns of ctl] run ARGS...`.
     #[track_caller]
     pub fn spawn(ctl: &XdpCtl, args: &[&str]) -> Controller {
+        Self::spawn_with_env(ctl, args, &[])
+    }
+
+    /// Like [`Controller::spawn`], with environment variables set for the process.
+    #[track_caller]
+    pub fn spawn_with_env(ctl: &XdpCtl, args: &[&str], env: &[(&str, String)]) -> Controller {
         ctl.check_bin().unwrap_or_else(|e| panic!("{e}"));
         let log = PathBuf::from(format!(
             "/tmp/xdp-ctl-run-{}-{}.log",
@@ -1234,7 +1260,11 @@ impl Controller {
         let mut full = vec!["run"];
         full.extend_from_slice(args);
         let mut cmd = ctl.command(&full);
-        let cmdline = cmdline_of(&cmd);
+        let mut cmdline = cmdline_of(&cmd);
+        for (k, v) in env {
+            cmd.env(k, v);
+            cmdline = format!("{k}={v} {cmdline}");
+        }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(file));

@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use xdp_ctl::{
     attach::{self, Datapath, Mode},
+    controller::membership,
     maps::Prefix,
     netns,
     nl::parse_mac,
@@ -24,12 +25,13 @@ struct Cli {
     #[arg(long, global = true)]
     json: bool,
     /// Where maps and links are pinned (must be on bpffs).
-    #[arg(long, global = true, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+    #[arg(long, global = true, value_name = "DIR", default_value = DEFAULT_PIN_DIR,
+          env = "XDP_FASTPATH_PIN_DIR")]
     pin_dir: PathBuf,
     /// Act on the interfaces of the named network namespace (/run/netns/NAME). xdp-ctl stays in
     /// the host mount namespace, so pins land on the host's bpffs: use this instead of
     /// `ip netns exec`, whose private /sys would make the pins (and the datapath) vanish.
-    #[arg(long, global = true, value_name = "NAME")]
+    #[arg(long, global = true, value_name = "NAME", env = "XDP_FASTPATH_NETNS")]
     netns: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
@@ -76,28 +78,70 @@ enum Cmd {
     Stats,
 }
 
+/// Every option also comes from the environment variable shown (repeatable ones as a
+/// comma-separated list); the command line wins.
 #[derive(Args)]
 struct RunArgs {
     /// Host veths whose name starts with P are pod interfaces (repeatable), e.g. cali, lxc.
-    #[arg(long = "iface-prefix", value_name = "P", required = true)]
+    #[arg(
+        long = "iface-prefix",
+        value_name = "P",
+        required = true,
+        env = "XDP_FASTPATH_IFACE_PREFIX",
+        value_delimiter = ','
+    )]
     iface_prefixes: Vec<String>,
-    /// Pod addresses in C are meshed (repeatable); default: every discovered pod.
-    #[arg(long = "meshed-cidr", value_name = "C")]
+    /// Membership: pod addresses in C are meshed (repeatable). With no membership source at
+    /// all, no pod is meshed and nothing is fast-pathed.
+    #[arg(
+        long = "meshed-cidr",
+        value_name = "C",
+        env = "XDP_FASTPATH_MESHED_CIDR",
+        value_delimiter = ','
+    )]
     meshed: Vec<Prefix>,
+    /// Membership: a pod is meshed while a TCP socket listens on port P in its network
+    /// namespace (repeatable; Istio's inbound capture port is 15006). Polled every 500 ms.
+    #[arg(long = "sidecar-port", value_name = "P", env = "XDP_FASTPATH_SIDECAR_PORT",
+          value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..))]
+    sidecar_ports: Vec<u16>,
+    /// Membership: watch this node's pods and their namespaces in Kubernetes; a pod is meshed
+    /// when Istio's markers say so (sidecar.istio.io/status, an istio-proxy container or
+    /// native sidecar, ambient mode), unless annotated xdp-fastpath.io/enabled: "false".
+    /// In-cluster configuration unless --kubeconfig is given.
+    #[arg(long, env = "XDP_FASTPATH_KUBE")]
+    kube: bool,
+    /// Kubeconfig for --kube (default: in-cluster service account, or $KUBECONFIG).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "XDP_FASTPATH_KUBECONFIG",
+        requires = "kube"
+    )]
+    kubeconfig: Option<PathBuf>,
+    /// This node's name, for --kube (pods with spec.nodeName = NAME).
+    #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+    node_name: Option<String>,
     /// Pod addresses in C are left to the kernel entirely (repeatable).
-    #[arg(long = "exclude-cidr", value_name = "C")]
+    #[arg(
+        long = "exclude-cidr",
+        value_name = "C",
+        env = "XDP_FASTPATH_EXCLUDE_CIDR",
+        value_delimiter = ','
+    )]
     exclude: Vec<Prefix>,
     /// Which hook carries the fast path.
-    #[arg(long, value_enum, default_value_t = Datapath::Xdp)]
+    #[arg(long, value_enum, default_value_t = Datapath::Xdp, env = "XDP_FASTPATH_DATAPATH")]
     datapath: Datapath,
     /// XDP attach mode (ignored with --datapath tc).
-    #[arg(long, value_enum, default_value_t = Mode::Native)]
+    #[arg(long, value_enum, default_value_t = Mode::Native, env = "XDP_FASTPATH_MODE")]
     mode: Mode,
     /// Seconds between full dump-and-diff resyncs.
-    #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = positive_secs)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = positive_secs,
+          env = "XDP_FASTPATH_RESYNC_INTERVAL")]
     resync_interval: f64,
     /// Detach everything on SIGTERM/SIGINT (default: leave the datapath in place).
-    #[arg(long)]
+    #[arg(long, env = "XDP_FASTPATH_DETACH_ON_EXIT")]
     detach_on_exit: bool,
 }
 
@@ -283,22 +327,43 @@ fn run(cli: &Cli) -> Result<()> {
                 print_json(&json!({ "endpoints": list }));
             } else {
                 println!(
-                    "{:<24} {:<16} {:<18} {:<18} MESHED",
-                    "PREFIX", "IFACE", "POD MAC", "HOST MAC"
+                    "{:<24} {:<16} {:<18} {:<18} {:<7} WHY",
+                    "PREFIX", "IFACE", "POD MAC", "HOST MAC", "MESHED"
                 );
                 for e in &list {
                     println!(
-                        "{:<24} {:<16} {:<18} {:<18} {}",
+                        "{:<24} {:<16} {:<18} {:<18} {:<7} {}",
                         e.prefix,
                         e.iface,
                         e.pod_mac,
                         e.host_mac,
-                        if e.meshed { "yes" } else { "no" }
+                        if e.meshed { "yes" } else { "no" },
+                        if e.sources.is_empty() {
+                            "-".to_string()
+                        } else {
+                            e.sources.join(",")
+                        }
                     );
                 }
             }
         }
         Cmd::Run(a) => {
+            let kube = if a.kube {
+                let node_name = a
+                    .node_name
+                    .clone()
+                    .filter(|n| !n.trim().is_empty())
+                    .context(
+                        "--kube needs this node's name: pass --node-name NAME or set NODE_NAME \
+                     (in a DaemonSet, from the downward API: spec.nodeName)",
+                    )?;
+                Some(membership::kube::KubeOptions {
+                    kubeconfig: a.kubeconfig.clone(),
+                    node_name,
+                })
+            } else {
+                None
+            };
             let opts = xdp_ctl::controller::RunOptions {
                 config: xdp_ctl::controller::state::Config {
                     iface_prefixes: a.iface_prefixes.clone(),
@@ -309,6 +374,11 @@ fn run(cli: &Cli) -> Result<()> {
                 mode: a.mode,
                 resync_interval: std::time::Duration::from_secs_f64(a.resync_interval),
                 detach_on_exit: a.detach_on_exit,
+                membership: membership::Options {
+                    sidecar_ports: a.sidecar_ports.clone(),
+                    sidecar_period: std::time::Duration::from_millis(500),
+                    kube,
+                },
             };
             xdp_ctl::controller::run(&pins, opts)?;
         }
@@ -360,6 +430,19 @@ fn print_status(st: &ops::Status) {
     );
     if let Some(c) = &st.controller {
         print_controller(c);
+    }
+    if let Some(m) = &st.membership {
+        if m.sources.is_empty() {
+            println!("membership: no source configured: no pod is meshed, nothing is fast-pathed");
+        } else {
+            println!(
+                "membership: {}{}; {} of {} endpoints meshed",
+                m.sources.join(", "),
+                if m.synced { "" } else { " (NOT SYNCED yet)" },
+                m.meshed_endpoints,
+                st.endpoints_v4 + st.endpoints_v6
+            );
+        }
     }
     if st.interfaces.is_empty() {
         println!("no interfaces attached");

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::{
     attach::{att_name, link_pin, live_program, mode_name, Datapath},
+    controller::membership::{configured_names, MembershipMap, Sources, CFG_SYNCED},
     maps::{Maps, Prefix},
     nl::{fmt_mac, Rtnl},
     pin::PinDir,
@@ -33,6 +34,9 @@ pub struct EndpointView {
     pub pod_mac: String,
     pub host_mac: String,
     pub meshed: bool,
+    /// Why it is (not) meshed: the membership sources that said so (`cidr`, `sidecar-port`,
+    /// `kube:...`), `kube:opted-out`, or `manual` (`endpoint add`, not the controller).
+    pub sources: Vec<&'static str>,
 }
 
 pub fn endpoint_add(
@@ -96,6 +100,10 @@ pub fn endpoint_list(pins: &PinDir) -> Result<Vec<EndpointView>> {
         return Ok(Vec::new());
     }
     let maps = Maps::open_pinned(pins)?;
+    let members = match MembershipMap::open(pins)? {
+        Some(m) => m.entries()?,
+        None => std::collections::HashMap::new(),
+    };
     let mut rtnl = Rtnl::new().context("opening rtnetlink")?;
     maps.endpoints()?
         .into_iter()
@@ -103,9 +111,21 @@ pub fn endpoint_list(pins: &PinDir) -> Result<Vec<EndpointView>> {
             let name = rtnl
                 .link_by_index(ep.ifindex)?
                 .map_or_else(|| format!("<gone:{}>", ep.ifindex), |l| l.name);
-            Ok(view(p, &ep, name))
+            let mut v = view(p, &ep, name);
+            v.sources = sources_of(ep.is_meshed(), members.get(&p).copied());
+            Ok(v)
         })
         .collect()
+}
+
+/// The controller's record of why, when it agrees with the endpoint's flag (a record that
+/// disagrees is older than a hand-made change).
+fn sources_of(meshed: bool, record: Option<u32>) -> Vec<&'static str> {
+    match record.map(Sources) {
+        Some(s) if s.meshed() == meshed => s.names(),
+        _ if meshed => vec!["manual"],
+        _ => Vec::new(),
+    }
 }
 
 fn view(p: Prefix, ep: &Endpoint, iface: String) -> EndpointView {
@@ -116,6 +136,11 @@ fn view(p: Prefix, ep: &Endpoint, iface: String) -> EndpointView {
         pod_mac: fmt_mac(&ep.pod_mac),
         host_mac: fmt_mac(&ep.host_mac),
         meshed: ep.is_meshed(),
+        sources: if ep.is_meshed() {
+            vec!["manual"]
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -145,6 +170,20 @@ pub struct Status {
     pub endpoints_v6: usize,
     /// The controller's self-report; `None` if no controller ever ran on this pin dir.
     pub controller: Option<ControllerView>,
+    /// The controller's membership sources; `None` if no controller ever ran here.
+    pub membership: Option<MembershipStatus>,
+}
+
+/// Who is in the mesh, as the controller was told (DESIGN.md section 4a).
+#[derive(Debug, Serialize)]
+pub struct MembershipStatus {
+    /// The configured sources (`cidr`, `sidecar-port`, `kube`); empty: no pod is meshed.
+    pub sources: Vec<&'static str>,
+    /// Every dynamic source has answered at least once (the kube source: its first list).
+    pub synced: bool,
+    pub meshed_endpoints: usize,
+    /// Plain words for the operator when nothing can be meshed.
+    pub note: Option<&'static str>,
 }
 
 /// `xdp-ctl run` as seen from outside.
@@ -208,6 +247,7 @@ pub fn status(pins: &PinDir) -> Result<Status> {
         endpoints_v4: 0,
         endpoints_v6: 0,
         controller: None,
+        membership: None,
     };
     if !pins.has_maps() {
         return Ok(st);
@@ -237,11 +277,24 @@ pub fn status(pins: &PinDir) -> Result<Status> {
             live,
         });
     }
-    for (p, _) in maps.endpoints()? {
+    let mut meshed_endpoints = 0;
+    for (p, ep) in maps.endpoints()? {
         match p.addr {
             IpAddr::V4(_) => st.endpoints_v4 += 1,
             IpAddr::V6(_) => st.endpoints_v6 += 1,
         }
+        meshed_endpoints += usize::from(ep.is_meshed());
+    }
+    if let Some(bits) = MembershipMap::open(pins)?.and_then(|m| m.config()) {
+        let sources = configured_names(bits);
+        st.membership = Some(MembershipStatus {
+            note: sources.is_empty().then_some(
+                "no membership source configured: no pod is meshed, nothing is fast-pathed",
+            ),
+            sources,
+            synced: bits & CFG_SYNCED != 0,
+            meshed_endpoints,
+        });
     }
     Ok(st)
 }

@@ -7,6 +7,7 @@
 //! interfaces. A periodic dump-and-diff resync repairs and counts drift; a netlink overrun
 //! triggers one at once. Everything it creates is pinned, so `kill -9` leaves forwarding
 //! running and a new controller adopts it without a gap.
+pub mod membership;
 pub mod state;
 
 use std::{
@@ -27,7 +28,10 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use self::state::{plan, Config, LinkFacts, Node};
+use self::{
+    membership::{Membership, MembershipMap, Update},
+    state::{plan, plan_members, Config, LinkFacts, Node},
+};
 use crate::{
     attach::{self, Attacher, Datapath, Mode},
     maps::Prefix,
@@ -41,6 +45,7 @@ pub struct RunOptions {
     pub mode: Mode,
     pub resync_interval: Duration,
     pub detach_on_exit: bool,
+    pub membership: membership::Options,
 }
 
 /// Quiet time after the last event before a reconcile...
@@ -93,7 +98,7 @@ async fn run_async(pins: &PinDir, opts: RunOptions) -> Result<()> {
     }
     tokio::spawn(conn);
 
-    let mut c = Controller::start(pins, opts)?;
+    let (mut c, mut updates) = Controller::start(pins, opts)?;
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
 
@@ -103,12 +108,7 @@ async fn run_async(pins: &PinDir, opts: RunOptions) -> Result<()> {
         _ = term.recv() => return c.shutdown(),
         _ = int.recv() => return c.shutdown(),
     }
-    info!(
-        interfaces = c.state.interfaces,
-        endpoints = c.realized.len(),
-        pending = c.pending.len(),
-        "ready"
-    );
+    c.log_ready();
 
     let mut resync = tokio::time::interval_at(
         Instant::now() + c.opts.resync_interval,
@@ -147,6 +147,14 @@ async fn run_async(pins: &PinDir, opts: RunOptions) -> Result<()> {
                     warn!("reconcile failed (the next resync retries): {e:#}");
                 }
             }
+            u = updates.next() => {
+                c.apply_membership(u);
+                if c.node.has_dirty() {
+                    let now = Instant::now();
+                    let first = *first_pending.get_or_insert(now);
+                    deadline = Some((now + DEBOUNCE).min(first + MAX_DELAY));
+                }
+            }
             _ = resync.tick() => c.resync_logged(),
             _ = heartbeat.tick() => c.publish(),
             _ = term.recv() => break,
@@ -171,10 +179,16 @@ struct Controller {
     /// re-applied (see `attach::refresh_peer`).
     carrier_up: HashSet<u32>,
     state: ControllerState,
+    membership: Membership,
+    /// Why each programmed endpoint is (not) meshed, as `MEMBERSHIP` holds it.
+    members_map: MembershipMap,
+    realized_members: HashMap<Prefix, u32>,
+    /// The first full reconcile has been applied (ready once the sources synced too).
+    synced: bool,
 }
 
 impl Controller {
-    fn start(pins: &PinDir, opts: RunOptions) -> Result<Self> {
+    fn start(pins: &PinDir, opts: RunOptions) -> Result<(Self, membership::Updates)> {
         // Loading reuses pinned maps; only creating them needs the lock.
         let attacher = if pins.has_maps() {
             Attacher::new(pins, opts.datapath, opts.mode)?
@@ -182,6 +196,9 @@ impl Controller {
             let _lock = pins.create_and_lock()?;
             Attacher::new(pins, opts.datapath, opts.mode)?
         };
+        let members_map = MembershipMap::open_or_create(pins)?;
+        let (membership, updates) =
+            Membership::start(&opts.membership, !opts.config.meshed.is_empty())?;
         let now = now_ms();
         let mut c = Controller {
             pins: pins.clone(),
@@ -199,9 +216,57 @@ impl Controller {
                 heartbeat_unix_ms: now,
                 ..ControllerState::default()
             },
+            membership,
+            members_map,
+            realized_members: HashMap::new(),
+            synced: false,
         };
         c.publish();
-        Ok(c)
+        Ok((c, updates))
+    }
+
+    fn log_ready(&self) {
+        let fields = (
+            self.state.interfaces,
+            self.realized.len(),
+            self.realized.values().filter(|e| e.is_meshed()).count(),
+            self.pending.len(),
+        );
+        if self.state.ready != 0 {
+            info!(
+                interfaces = fields.0,
+                endpoints = fields.1,
+                meshed = fields.2,
+                pending = fields.3,
+                "ready"
+            );
+        } else {
+            info!(
+                interfaces = fields.0,
+                endpoints = fields.1,
+                pending = fields.3,
+                "first reconcile applied; not ready until the membership sources answered"
+            );
+        }
+    }
+
+    /// Folds a membership source's answer into the model; readiness may follow.
+    fn apply_membership(&mut self, u: Update) {
+        let was_synced = self.membership.synced();
+        self.membership.answered(&u);
+        match u {
+            Update::Sidecar(found) => self.node.set_sidecar_links(&found),
+            Update::Kube(members) => self.node.set_addr_sources(members),
+        }
+        if !was_synced && self.membership.synced() && self.synced {
+            // Apply the sources' first answer before saying ready.
+            if let Err(e) = self.reconcile_dirty() {
+                warn!("reconcile failed (the next resync retries): {e:#}");
+            }
+            self.state.ready = 1;
+            self.publish();
+            self.log_ready();
+        }
     }
 
     fn publish(&mut self) {
@@ -218,6 +283,12 @@ impl Controller {
         self.state.pending = u32::try_from(self.pending.len()).unwrap_or(u32::MAX);
         if let Err(e) = self.attacher.maps.set_controller_state(&self.state) {
             warn!("publishing controller state: {e:#}");
+        }
+        let bits = self.membership.config_bits();
+        if self.members_map.config() != Some(bits) {
+            if let Err(e) = self.members_map.set_config(bits) {
+                warn!("publishing membership sources: {e:#}");
+            }
         }
     }
 
@@ -249,6 +320,7 @@ impl Controller {
             is_veth: l.is_veth(),
             carrier: l.carrier,
             peer_mac,
+            peer,
         }
     }
 
@@ -324,13 +396,16 @@ impl Controller {
             node.set_neigh(n.ifindex, n.addr, n.mac);
         }
         let dumped = started.elapsed();
+        node.take_membership(&mut self.node);
         self.node = node;
         self.node.mark_all_dirty();
         let (mut keys, mut link_keys) = self.node.take_dirty();
 
         let lock = self.pins.lock()?;
         self.realized = self.attacher.maps.endpoints()?.into_iter().collect();
+        self.realized_members = self.members_map.entries()?;
         keys.extend(self.realized.keys().copied());
+        keys.extend(self.realized_members.keys().copied());
         keys.sort();
         keys.dedup();
         // Records of interfaces that no longer exist must be forgotten too.
@@ -348,7 +423,8 @@ impl Controller {
                 warn!(writes, "resync repaired drift");
             }
         }
-        self.state.ready = 1;
+        self.synced = true;
+        self.state.ready = u32::from(self.membership.synced());
         self.publish();
         debug!(?dumped, total = ?started.elapsed(), writes, "full sync");
         Ok(())
@@ -423,6 +499,7 @@ impl Controller {
                 Err(e) => warn!("{e:#}"),
             }
         }
+        self.write_members(keys);
 
         // 3. Interfaces no longer wanted: gone ones are forgotten; existing ones (renamed,
         //    or out of the configured prefixes) are detached and their pods restored.
@@ -445,10 +522,41 @@ impl Controller {
             writes += 1;
             info!(ifindex = i, "interface forgotten");
         }
+        if !links.is_empty() {
+            self.membership.set_targets(self.node.sidecar_targets(cfg));
+        }
         self.state.interfaces = u32::try_from(self.attacher.maps.attachments()?.len()).unwrap_or(0);
         self.state.reconciles += 1;
         self.state.map_writes += writes;
         Ok(writes)
+    }
+
+    /// Records why the endpoints of `keys` are (not) meshed (`status`, `endpoint list`). Not
+    /// counted as map writes: the datapath never reads it.
+    fn write_members(&mut self, keys: &[Prefix]) {
+        let cfg = &self.opts.config;
+        let (set, remove) = plan_members(
+            &self.node,
+            cfg,
+            &self.realized_members,
+            keys.iter().copied(),
+        );
+        for (p, bits) in set {
+            match self.members_map.set(p, bits) {
+                Ok(()) => {
+                    self.realized_members.insert(p, bits);
+                }
+                Err(e) => warn!("{e:#}"),
+            }
+        }
+        for p in remove {
+            match self.members_map.remove(p) {
+                Ok(()) => {
+                    self.realized_members.remove(&p);
+                }
+                Err(e) => warn!("{e:#}"),
+            }
+        }
     }
 
     /// Re-applies the XDP pod-side preparation of pods whose side just came up, in one batch.

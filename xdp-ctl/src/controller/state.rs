@@ -10,6 +10,7 @@ use std::{
 
 use common::{Endpoint, EP_F_MESHED};
 
+use super::membership::{Sources, Target};
 use crate::maps::Prefix;
 
 /// What the operator told the controller.
@@ -17,7 +18,7 @@ use crate::maps::Prefix;
 pub struct Config {
     /// Host veths whose name starts with one of these are pod interfaces.
     pub iface_prefixes: Vec<String>,
-    /// Meshed pod addresses; empty: every discovered pod is meshed.
+    /// Meshed pod addresses (one membership source among others; none by default).
     pub meshed: Vec<Prefix>,
     /// Pod addresses left entirely to the kernel (not programmed at all).
     pub exclude: Vec<Prefix>,
@@ -30,12 +31,14 @@ impl Config {
             .any(|p| name.starts_with(p.as_str()))
     }
 
-    /// `None`: excluded; `Some(meshed)` otherwise.
-    pub fn classify(&self, addr: IpAddr) -> Option<bool> {
-        if self.exclude.iter().any(|p| p.contains(addr)) {
-            return None;
-        }
-        Some(self.meshed.is_empty() || self.meshed.iter().any(|p| p.contains(addr)))
+    /// Left to the kernel entirely (`--exclude-cidr`).
+    pub fn excluded(&self, addr: IpAddr) -> bool {
+        self.exclude.iter().any(|p| p.contains(addr))
+    }
+
+    /// Inside a `--meshed-cidr`.
+    pub fn cidr_meshed(&self, addr: IpAddr) -> bool {
+        self.meshed.iter().any(|p| p.contains(addr))
     }
 }
 
@@ -50,6 +53,8 @@ pub struct LinkFacts {
     pub carrier: bool,
     /// The veth peer's MAC (the pod's eth0), read through its namespace id.
     pub peer_mac: Option<[u8; 6]>,
+    /// The veth peer: its ifindex in the pod's namespace and that namespace's id in ours.
+    pub peer: Option<(u32, i32)>,
 }
 
 /// The desired state of one endpoint key.
@@ -68,11 +73,22 @@ pub struct Node {
     routes: HashMap<Prefix, u32>,
     routes_by_if: HashMap<u32, HashSet<Prefix>>,
     neigh: HashMap<(u32, IpAddr), [u8; 6]>,
+    /// Pod addresses the kube source reports: `Sources` bits.
+    addr_sources: HashMap<IpAddr, u32>,
+    /// Pod interfaces with a sidecar listener, and the peer they were probed through.
+    sidecar_links: HashMap<u32, (u32, i32)>,
     dirty_prefixes: HashSet<Prefix>,
     dirty_links: HashSet<u32>,
 }
 
 impl Node {
+    /// Carries the membership sources' answers over from `old` (a full resync rebuilds the
+    /// netlink view, not what the sources said).
+    pub fn take_membership(&mut self, old: &mut Node) {
+        self.addr_sources = std::mem::take(&mut old.addr_sources);
+        self.sidecar_links = std::mem::take(&mut old.sidecar_links);
+    }
+
     pub fn link(&self, index: u32) -> Option<&LinkFacts> {
         self.links.get(&index)
     }
@@ -155,6 +171,64 @@ impl Node {
         }
     }
 
+    /// The kube source's whole answer: addresses -> `Sources` bits. Marks what changed dirty.
+    pub fn set_addr_sources(&mut self, new: HashMap<IpAddr, u32>) {
+        for (a, bits) in &new {
+            if self.addr_sources.get(a) != Some(bits) {
+                self.dirty_prefixes.insert(Prefix::host(*a));
+            }
+        }
+        for a in self.addr_sources.keys() {
+            if !new.contains_key(a) {
+                self.dirty_prefixes.insert(Prefix::host(*a));
+            }
+        }
+        self.addr_sources = new;
+    }
+
+    /// The sidecar source's whole answer: the probed pod interfaces that have a listener.
+    pub fn set_sidecar_links(&mut self, found: &[Target]) {
+        let new: HashMap<u32, (u32, i32)> = found.iter().map(|t| (t.ifindex, t.peer)).collect();
+        let mut changed: Vec<u32> = new
+            .iter()
+            .filter(|(i, p)| self.sidecar_links.get(i) != Some(p))
+            .map(|(i, _)| *i)
+            .collect();
+        changed.extend(self.sidecar_links.keys().filter(|i| !new.contains_key(i)));
+        self.sidecar_links = new;
+        for i in changed {
+            self.dirty_routes_of(i);
+        }
+    }
+
+    /// The pod interfaces the sidecar source should probe.
+    pub fn sidecar_targets(&self, cfg: &Config) -> Vec<Target> {
+        self.links
+            .values()
+            .filter(|l| l.is_veth && cfg.matches_iface(&l.name))
+            .filter_map(|l| {
+                l.peer.map(|peer| Target {
+                    ifindex: l.index,
+                    peer,
+                })
+            })
+            .collect()
+    }
+
+    /// Why the pod address `addr` behind `oif` is (not) meshed.
+    pub fn sources(&self, cfg: &Config, addr: IpAddr, oif: u32) -> Sources {
+        let mut bits = self.addr_sources.get(&addr).copied().unwrap_or(0);
+        if cfg.cidr_meshed(addr) {
+            bits |= Sources::CIDR;
+        }
+        // The probe counts only for the very peer it went through (an ifindex may be reused).
+        let peer = self.links.get(&oif).and_then(|l| l.peer);
+        if peer.is_some() && self.sidecar_links.get(&oif).copied() == peer {
+            bits |= Sources::SIDECAR_PORT;
+        }
+        Sources(bits)
+    }
+
     /// Marks everything dirty (full resync).
     pub fn mark_all_dirty(&mut self) {
         self.dirty_prefixes.extend(self.routes.keys().copied());
@@ -191,9 +265,10 @@ impl Node {
         if !self.wants_link(cfg, oif) {
             return Desired::Absent;
         }
-        let Some(meshed) = cfg.classify(p.addr) else {
+        if cfg.excluded(p.addr) {
             return Desired::Absent;
-        };
+        }
+        let meshed = self.sources(cfg, p.addr, oif).meshed();
         // The veth peer's MAC is the pod's; a neighbour entry is the fallback.
         let pod_mac = link
             .peer_mac
@@ -249,6 +324,29 @@ pub fn plan<S: std::hash::BuildHasher>(
     plan
 }
 
+/// The `MEMBERSHIP` writes that take `realized` to the desired sources of `keys`: one entry per
+/// programmed endpoint (set), none for the others (remove).
+pub fn plan_members<S: std::hash::BuildHasher>(
+    node: &Node,
+    cfg: &Config,
+    realized: &HashMap<Prefix, u32, S>,
+    keys: impl IntoIterator<Item = Prefix>,
+) -> (Vec<(Prefix, u32)>, Vec<Prefix>) {
+    let (mut set, mut remove) = (Vec::new(), Vec::new());
+    for p in keys {
+        let want = match node.desired(cfg, p) {
+            Desired::Present(ep) => Some(node.sources(cfg, p.addr, ep.ifindex).0),
+            Desired::Pending | Desired::Absent => None,
+        };
+        match (want, realized.get(&p)) {
+            (Some(w), h) if h != Some(&w) => set.push((p, w)),
+            (None, Some(_)) => remove.push(p),
+            _ => {}
+        }
+    }
+    (set, remove)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,7 +357,10 @@ mod tests {
     fn cfg() -> Config {
         Config {
             iface_prefixes: vec!["cali".into()],
-            meshed: vec![],
+            meshed: vec![
+                "10.244.0.0/16".parse().unwrap(),
+                "fd00::/64".parse().unwrap(),
+            ],
             exclude: vec![],
         }
     }
@@ -272,6 +373,7 @@ mod tests {
             is_veth: true,
             carrier: true,
             peer_mac,
+            peer: Some((2, index.cast_signed())),
         }
     }
 
@@ -331,6 +433,7 @@ mod tests {
     fn meshed_and_excluded_cidrs() {
         let mut c = cfg();
         c.meshed = vec!["10.244.0.0/24".parse().unwrap()];
+        // 10.244.1.1 is programmed, not meshed: no source says so.
         c.exclude = vec!["10.244.0.7/32".parse().unwrap()];
         let mut n = Node::default();
         n.upsert_link(veth(5, "cali1", Some(POD_MAC)));
@@ -415,5 +518,91 @@ mod tests {
         // A delete naming the old interface does not remove the moved route.
         n.remove_route(ip("10.244.0.1"), 5);
         assert!(!n.has_dirty());
+    }
+
+    #[test]
+    fn nobody_is_meshed_without_a_source() {
+        let c = Config {
+            iface_prefixes: vec!["cali".into()],
+            ..Config::default()
+        };
+        let mut n = Node::default();
+        n.upsert_link(veth(5, "cali1", Some(POD_MAC)));
+        n.upsert_route(ip("10.244.0.1"), 5);
+        n.upsert_route(ip("fd00::1"), 5);
+        let p = all(&mut n, &c, &HashMap::new());
+        assert_eq!(p.upserts.len(), 2);
+        assert!(p.upserts.iter().all(|(_, e)| !e.is_meshed()), "{p:?}");
+    }
+
+    #[test]
+    fn sidecar_and_kube_sources_mark_only_what_changed() {
+        let c = Config {
+            iface_prefixes: vec!["cali".into()],
+            ..Config::default()
+        };
+        let mut n = Node::default();
+        n.upsert_link(veth(5, "cali1", Some(POD_MAC)));
+        n.upsert_link(veth(6, "cali2", Some(POD_MAC)));
+        n.upsert_route(ip("10.244.0.1"), 5);
+        n.upsert_route(ip("fd00::1"), 5);
+        n.upsert_route(ip("10.244.0.2"), 6);
+        let realized: HashMap<_, _> = all(&mut n, &c, &HashMap::new())
+            .upserts
+            .into_iter()
+            .collect();
+        let targets = n.sidecar_targets(&c);
+        assert_eq!(targets.len(), 2);
+        let t5 = *targets.iter().find(|t| t.ifindex == 5).unwrap();
+
+        // A listener in pod 1: both its addresses, and nothing else, become meshed.
+        n.set_sidecar_links(&[t5]);
+        let (keys, _) = n.take_dirty();
+        assert_eq!(keys.len(), 2);
+        let p = plan(&n, &c, &realized, keys.clone());
+        assert!(p
+            .upserts
+            .iter()
+            .all(|(_, e)| e.is_meshed() && e.ifindex == 5));
+        assert_eq!(p.upserts.len(), 2);
+        let (set, remove) = plan_members(&n, &c, &HashMap::new(), keys);
+        assert_eq!(set.len(), 2);
+        assert!(set.iter().all(|(_, b)| *b == Sources::SIDECAR_PORT));
+        assert!(remove.is_empty());
+        // The same answer again: nothing dirty.
+        n.set_sidecar_links(&[t5]);
+        assert!(!n.has_dirty());
+        // A probe through another peer (the ifindex was reused) does not count.
+        n.set_sidecar_links(&[Target {
+            ifindex: 5,
+            peer: (2, 99),
+        }]);
+        let (keys, _) = n.take_dirty();
+        assert!(!n.sources(&c, ip("10.244.0.1"), 5).meshed());
+        assert_eq!(keys.len(), 2);
+
+        // Kube: pod 2 meshed by annotation; pod 1 opted out (wins over its listener).
+        n.set_sidecar_links(&[t5]);
+        n.set_addr_sources(HashMap::from([
+            (ip("10.244.0.2"), Sources::KUBE_ANNOTATION),
+            (ip("10.244.0.1"), Sources::OPTED_OUT),
+            (ip("fd00::1"), Sources::OPTED_OUT),
+        ]));
+        let (keys, _) = n.take_dirty();
+        let p = plan(&n, &c, &realized, keys);
+        let meshed: Vec<(String, bool)> = p
+            .upserts
+            .iter()
+            .map(|(p, e)| (p.to_string(), e.is_meshed()))
+            .collect();
+        assert_eq!(meshed, vec![("10.244.0.2/32".into(), true)]);
+        assert!(!n.sources(&c, ip("10.244.0.1"), 5).meshed());
+        // An excluded address is not programmed, whatever the sources say.
+        let mut cx = c.clone();
+        cx.exclude = vec!["10.244.0.2/32".parse().unwrap()];
+        assert_eq!(
+            n.desired(&cx, "10.244.0.2".parse().unwrap()),
+            Desired::Absent
+        );
     }
 }
