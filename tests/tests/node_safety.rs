@@ -510,15 +510,8 @@ fn fast_path_born_flow_survives_detach_then_attach(dp: Datapath) {
 fn flow_survives_a_controller_restart_with_detach_on_exit(dp: Datapath) {
     let b = Bench::up(2);
     kube_proxy(&b, 1);
-    let args = [
-        "--datapath",
-        dp.name(),
-        "--detach-on-exit",
-        "--meshed-cidr",
-        "10.244.0.0/16",
-        "--meshed-cidr",
-        "fd00::/64",
-    ];
+    // Bench::controller meshes every pod (by CIDR).
+    let args = ["--datapath", dp.name(), "--detach-on-exit"];
     let mut first = b.controller(&args);
     first.wait_ready(T_FLOW);
     let flow = start_flow(&b);
