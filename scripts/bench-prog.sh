@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# The datapath programs' own cost per packet under real traffic: kernel.bpf_stats_enabled=1
+# (set for the run, restored after) gives each program's run count and run time; a TCP
+# ping-pong (sockperf, 64-byte messages, pod1 <-> pod2, an established flow on the fast path)
+# drives it. Reports ns per packet through the program, XDP and TC hooks.
+#
+#   scripts/bench-prog.sh [--ctl BIN] [--baseline BIN] [--duration S] [--trials T]
+#
+# --baseline BIN measures a second xdp-ctl build the same way, interleaved, so before/after
+# come from one run. (BPF_PROG_TEST_RUN with repeat cannot measure the redirect path: the
+# program rewrites the frame, so every run after the first sees the rewritten one.)
+# Runs as root; touches only the namespaces and pins it creates, and removes them on exit.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+say() { printf '[bench-prog] %s\n' "$*"; }
+die() { printf '[bench-prog] error: %s\n' "$*" >&2; exit 1; }
+
+CTL=$ROOT/target/release/xdp-ctl
+BASELINE=""
+DURATION=5
+TRIALS=3
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --ctl) CTL=$2; shift 2 ;;
+    --baseline) BASELINE=$2; shift 2 ;;
+    --duration) DURATION=$2; shift 2 ;;
+    --trials) TRIALS=$2; shift 2 ;;
+    -h | --help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown argument '$1' (see --help)" ;;
+  esac
+done
+[ "$(id -u)" -eq 0 ] || die "run as root"
+for t in bpftool jq ip sockperf taskset; do command -v "$t" >/dev/null || die "'$t' not found (scripts/bootstrap.sh)"; done
+[ -x "$CTL" ] || die "$CTL not found (cargo build --release -p xdp-ctl)"
+[ -z "$BASELINE" ] || [ -x "$BASELINE" ] || die "--baseline: $BASELINE is not an executable"
+[[ $DURATION =~ ^[0-9]+$ && $TRIALS =~ ^[0-9]+$ ]] || die "--duration and --trials take numbers"
+
+NAME=xbp$$
+NODE=$NAME-node
+PIN=/sys/fs/bpf/xfp-bench-prog-$$
+WORK=$(mktemp -d)
+cleanup() {
+  local bin
+  for bin in "$CTL" ${BASELINE:+"$BASELINE"}; do
+    [ -e "$PIN" ] && "$bin" --netns "$NODE" --pin-dir "$PIN" detach --all >/dev/null 2>&1 || true
+  done
+  "$ROOT/scripts/bench-netns.sh" down --name "$NAME" >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+[ -z "${BENCH_PROG_DEBUG:-}" ] || trap - EXIT
+
+STATS_WAS=$(sysctl -n kernel.bpf_stats_enabled)
+SERVER_PID=""
+cleanup() {
+  local bin
+  [ -z "$SERVER_PID" ] || { kill "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null; } || true
+  for bin in "$CTL" ${BASELINE:+"$BASELINE"}; do
+    [ -e "$PIN" ] && "$bin" --netns "$NODE" --pin-dir "$PIN" detach --all >/dev/null 2>&1 || true
+  done
+  "$ROOT/scripts/bench-netns.sh" down --name "$NAME" >/dev/null 2>&1 || true
+  sysctl -qw kernel.bpf_stats_enabled="$STATS_WAS" || true
+}
+trap cleanup EXIT
+
+"$ROOT/scripts/bench-netns.sh" up 2 --name "$NAME" >/dev/null
+H1=${NAME}h1
+H2=${NAME}h2
+ip netns exec "$NAME-pod2" taskset -c 0 sockperf sr --tcp -i 10.244.0.2 -p 11111 >/dev/null 2>&1 &
+SERVER_PID=$!
+sleep 1
+sysctl -qw kernel.bpf_stats_enabled=1
+
+# prog_stats ID: "run_cnt run_time_ns"
+prog_stats() { bpftool -j prog show id "$1" | jq -r '"\(.run_cnt // 0) \(.run_time_ns // 0)"'; }
+
+measure() { # measure LABEL BIN DATAPATH: prints "LABEL ns-per-packet..." (one per trial)
+  local label=$1 bin=$2 dp=$3 id c0 t0 c1 t1 t
+  local ctl=("$bin" --netns "$NODE" --pin-dir "$PIN")
+  local all=()
+  for ((t = 0; t < TRIALS; t++)); do
+    "${ctl[@]}" attach --datapath "$dp" "$H1" "$H2" >/dev/null
+    "${ctl[@]}" endpoint add 10.244.0.1 --iface "$H1" >/dev/null
+    "${ctl[@]}" endpoint add 10.244.0.2 --iface "$H2" >/dev/null
+    id=$("${ctl[@]}" --json status | jq -r '[.interfaces[].program_id // empty][0]')
+    read -r c0 t0 <<<"$(prog_stats "$id")"
+    ip netns exec "$NAME-pod1" taskset -c 0 sockperf pp --tcp -i 10.244.0.2 -p 11111 \
+      -t "$DURATION" -m 64 >/dev/null 2>&1 || die "$label: sockperf failed"
+    read -r c1 t1 <<<"$(prog_stats "$id")"
+    local redirected
+    redirected=$("${ctl[@]}" --json stats | jq '.reasons.redirected.packets')
+    [ "$redirected" -gt 0 ] || die "$label: nothing was redirected"
+    "${ctl[@]}" detach --all >/dev/null
+    [ "$c1" -gt "$c0" ] || die "$label: the program did not run"
+    all+=("$(( (t1 - t0) / (c1 - c0) ))")
+  done
+  printf '%s %s\n' "$label" "${all[*]}"
+}
+
+say "sockperf TCP ping-pong, ${DURATION}s x ${TRIALS}; program ns per packet (median [min-max])"
+for dp in xdp tc; do
+  for which in new ${BASELINE:+base}; do
+    if [ "$which" = new ]; then bin=$CTL; else bin=$BASELINE; fi
+    measure "$dp-$which" "$bin" "$dp"
+  done
+done | while read -r label rest; do
+  # shellcheck disable=SC2086
+  printf '%s\n' $rest | sort -n | awk -v l="$label" '{ v[NR] = $1 } END {
+    m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+    printf "%-10s %s ns [%s-%s]\n", l, m, v[1], v[NR] }'
+done
