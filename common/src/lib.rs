@@ -75,21 +75,26 @@ impl Endpoint {
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
 
+/// An IP address as it is kept in the flow state: four 32-bit words that hold its bytes in
+/// packet (network) order, word `i` being bytes `4i..4i+4` read in the machine's order (so a
+/// word copies in one instruction, where a byte array is copied byte by byte by the eBPF
+/// backend). An IPv4 address fills word 0; the rest is zero. [`pkt::addr_words`] converts.
+pub type AddrWords = [u32; 4];
+
 /// Key of `FLOWS`: one entry per flow, whichever direction a packet travels.
 ///
 /// The two ends are ordered: `lo` is the smaller of the two `(address, port)` pairs (addresses
 /// compared as big-endian numbers, then ports), so both directions of a flow build the same key
 /// and share one entry (one lookup per packet, one insert per flow, evicted together).
-/// Addresses and ports are in network byte order, as in the packet; an IPv4 address fills the
-/// first 4 bytes of its field, the rest is zero. For ICMP echo both ports hold the echo
-/// identifier.
+/// Addresses as [`AddrWords`]; ports are the two bytes of the packet read in the machine's order
+/// (network byte order in memory). For ICMP echo both ports hold the echo identifier.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey {
-    pub lo_addr: [u8; 16],
-    pub hi_addr: [u8; 16],
-    pub lo_port: [u8; 2],
-    pub hi_port: [u8; 2],
+    pub lo_addr: AddrWords,
+    pub hi_addr: AddrWords,
+    pub lo_port: u16,
+    pub hi_port: u16,
     /// IP protocol: 6 (TCP), 1 (ICMP) or 58 (ICMPv6).
     pub proto: u8,
     /// `FAMILY_V4` or `FAMILY_V6`.
@@ -105,10 +110,10 @@ impl FlowKey {
     pub fn new(
         family: u8,
         proto: u8,
-        src: &[u8; 16],
-        sport: [u8; 2],
-        dst: &[u8; 16],
-        dport: [u8; 2],
+        src: &AddrWords,
+        sport: u16,
+        dst: &AddrWords,
+        dport: u16,
     ) -> (FlowKey, bool) {
         let src_is_lo = pkt::end_lt(src, sport, dst, dport);
         let (lo_addr, lo_port, hi_addr, hi_port) = if src_is_lo {
@@ -156,8 +161,8 @@ pub const FLOW_INITIATOR_HI: u8 = 1;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SocketKey {
-    pub addr: [u8; 16],
-    pub port: [u8; 2],
+    pub addr: AddrWords,
+    pub port: u16,
     /// `FAMILY_V4` or `FAMILY_V6`.
     pub family: u8,
     /// Explicit padding; always zero.
@@ -408,13 +413,45 @@ pub mod pkt {
     /// link-local (fe80::/10) or multicast (ff00::/8).
     #[inline(always)]
     pub const fn ipv6_is_forwardable_unicast(a: [u8; 16]) -> bool {
-        if a[0] == 0xff || (a[0] == 0xfe && a[1] & 0xc0 == 0x80) {
+        ipv6_words_are_forwardable_unicast(&addr_words(&a))
+    }
+
+    /// [`ipv6_is_forwardable_unicast`] on [`AddrWords`](super::AddrWords).
+    #[inline(always)]
+    pub const fn ipv6_words_are_forwardable_unicast(w: &super::AddrWords) -> bool {
+        let w0 = u32::from_be(w[0]);
+        if w0 >> 24 == 0xff || (w0 >> 22) == (0xfe80 >> 6) {
             return false;
         }
-        // :: and ::1 (checked as two halves to keep the loop out of the eBPF program).
-        let hi = u64::from_be_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]);
-        let lo = u64::from_be_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]);
-        !(hi == 0 && lo <= 1)
+        // :: and ::1.
+        !(w0 == 0 && w[1] == 0 && w[2] == 0 && u32::from_be(w[3]) <= 1)
+    }
+
+    /// An address's bytes (packet order; IPv4 in the first 4, the rest zero) as
+    /// [`AddrWords`](super::AddrWords).
+    #[inline(always)]
+    pub const fn addr_words(b: &[u8; 16]) -> super::AddrWords {
+        [
+            u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+            u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+            u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
+            u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
+        ]
+    }
+
+    /// The bytes of [`AddrWords`](super::AddrWords), in packet order.
+    #[inline(always)]
+    pub const fn addr_bytes(w: &super::AddrWords) -> [u8; 16] {
+        let (a, b, c, d) = (
+            w[0].to_ne_bytes(),
+            w[1].to_ne_bytes(),
+            w[2].to_ne_bytes(),
+            w[3].to_ne_bytes(),
+        );
+        [
+            a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1],
+            d[2], d[3],
+        ]
     }
 
     /// IPv6 next-header values that are extension headers (RFC 8200 and the IANA registry).
@@ -473,31 +510,28 @@ pub mod pkt {
         }
     }
 
-    /// `(a, ap) < (b, bp)`: addresses as big-endian 128-bit numbers, then ports (network order).
-    /// Compared as two 64-bit halves, which keeps loops out of the eBPF program.
+    /// `(a, ap) < (b, bp)`: addresses as big-endian 128-bit numbers, then ports (both as read
+    /// from the packet, network order in memory).
     #[inline(always)]
-    pub fn end_lt(a: &[u8; 16], ap: [u8; 2], b: &[u8; 16], bp: [u8; 2]) -> bool {
-        let half = |x: &[u8; 16], i: usize| {
-            u64::from_be_bytes([
-                x[i],
-                x[i + 1],
-                x[i + 2],
-                x[i + 3],
-                x[i + 4],
-                x[i + 5],
-                x[i + 6],
-                x[i + 7],
-            ])
-        };
-        let (a0, b0) = (half(a, 0), half(b, 0));
-        if a0 != b0 {
-            return a0 < b0;
+    pub fn end_lt(a: &super::AddrWords, ap: u16, b: &super::AddrWords, bp: u16) -> bool {
+        // Unrolled by hand: no loop in the eBPF program.
+        let (x, y) = (u32::from_be(a[0]), u32::from_be(b[0]));
+        if x != y {
+            return x < y;
         }
-        let (a1, b1) = (half(a, 8), half(b, 8));
-        if a1 != b1 {
-            return a1 < b1;
+        let (x, y) = (u32::from_be(a[1]), u32::from_be(b[1]));
+        if x != y {
+            return x < y;
         }
-        u16::from_be_bytes(ap) < u16::from_be_bytes(bp)
+        let (x, y) = (u32::from_be(a[2]), u32::from_be(b[2]));
+        if x != y {
+            return x < y;
+        }
+        let (x, y) = (u32::from_be(a[3]), u32::from_be(b[3]));
+        if x != y {
+            return x < y;
+        }
+        u16::from_be(ap) < u16::from_be(bp)
     }
 
     /// ICMPv6 router/neighbour discovery and redirect (RFC 4861): hop limit must stay 255.
@@ -533,6 +567,7 @@ mod tests {
         assert_eq!(size_of::<Counter>(), 16);
         assert_eq!(size_of::<ControllerState>(), 6 * 4 + 7 * 8);
         assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 1 + 1 + 2);
+        assert_eq!(align_of::<FlowKey>(), 4);
         assert_eq!(size_of::<Flow>(), 4 + 1 + 3);
         assert_eq!(size_of::<SocketKey>(), 16 + 2 + 1 + 1);
     }
@@ -585,30 +620,52 @@ mod tests {
 
     #[test]
     fn flow_keys_are_direction_independent() {
-        let a = [10, 244, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-        let b = [10, 244, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-        let (k1, a_lo) = FlowKey::new(FAMILY_V4, 6, &a, [0x9c, 0x40], &b, [0, 80]);
-        let (k2, b_lo) = FlowKey::new(FAMILY_V4, 6, &b, [0, 80], &a, [0x9c, 0x40]);
+        let w = |b: [u8; 4]| {
+            let mut x = [0u8; 16];
+            x[..4].copy_from_slice(&b);
+            pkt::addr_words(&x)
+        };
+        let port = |p: u16| u16::from_ne_bytes(p.to_be_bytes());
+        let (a, b) = (w([10, 244, 0, 1]), w([10, 244, 0, 2]));
+        let (k1, a_lo) = FlowKey::new(FAMILY_V4, 6, &a, port(40000), &b, port(80));
+        let (k2, b_lo) = FlowKey::new(FAMILY_V4, 6, &b, port(80), &a, port(40000));
         assert_eq!(k1, k2);
         assert!(a_lo && !b_lo);
         assert_eq!(k1.lo_addr, a);
-        assert_eq!(k1.lo_port, [0x9c, 0x40]);
-        // Same address (not a real pod pair, but the order must still be total): ports decide.
-        let (k3, lo) = FlowKey::new(FAMILY_V4, 6, &a, [0, 81], &a, [0, 80]);
+        assert_eq!(k1.lo_port, port(40000));
+        // Same address (not a real pod pair, but the order must still be total): ports decide,
+        // as numbers (81 > 80 although its low byte is larger in memory too; 256 > 255 is the
+        // case where the memory order would disagree).
+        let (k3, lo) = FlowKey::new(FAMILY_V4, 6, &a, port(256), &a, port(255));
         assert!(!lo);
-        assert_eq!(k3.lo_port, [0, 80]);
-        // The low half of an IPv6 address decides when the high halves are equal.
+        assert_eq!(k3.lo_port, port(255));
+        // Addresses compare as big-endian numbers: 10.244.1.0 > 10.244.0.255.
+        assert!(pkt::end_lt(
+            &w([10, 244, 0, 255]),
+            0,
+            &w([10, 244, 1, 0]),
+            0
+        ));
+        assert!(!pkt::end_lt(
+            &w([10, 244, 1, 0]),
+            0,
+            &w([10, 244, 0, 255]),
+            0
+        ));
+        // The low words of an IPv6 address decide when the high ones are equal.
         let mut x = [0u8; 16];
         let mut y = [0u8; 16];
         x[0] = 0xfd;
         y[0] = 0xfd;
         x[15] = 2;
         y[15] = 1;
-        assert!(!pkt::end_lt(&x, [0, 1], &y, [0, 1]));
-        assert!(pkt::end_lt(&y, [0, 1], &x, [0, 1]));
+        let (xw, yw) = (pkt::addr_words(&x), pkt::addr_words(&y));
+        assert!(!pkt::end_lt(&xw, 1, &yw, 1));
+        assert!(pkt::end_lt(&yw, 1, &xw, 1));
+        assert_eq!(pkt::addr_bytes(&xw), x);
         // The first byte is the most significant.
         x[0] = 0x01;
-        assert!(pkt::end_lt(&x, [0, 1], &y, [0, 1]));
+        assert!(pkt::end_lt(&pkt::addr_words(&x), 1, &yw, 1));
     }
 
     #[test]

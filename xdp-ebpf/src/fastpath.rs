@@ -19,12 +19,12 @@ use core::mem::size_of;
 use aya_ebpf::maps::lpm_trie::Key;
 use common::{
     pkt::{
-        csum_after_ttl_decrement, icmpv4_kind, icmpv6_is_ndp, icmpv6_kind,
-        ipv4_is_forwardable_unicast, ipv6_is_extension_header, ipv6_is_forwardable_unicast,
+        addr_bytes, csum_after_ttl_decrement, icmpv4_kind, icmpv6_is_ndp, icmpv6_kind,
+        ipv4_is_forwardable_unicast, ipv6_is_extension_header, ipv6_words_are_forwardable_unicast,
         IcmpKind, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV6_NEXT_FRAGMENT,
         TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
     },
-    Endpoint, Flow, FlowKey, Reason, SocketKey, FAMILY_V4, FAMILY_V6, FLOW_INITIATOR_HI,
+    AddrWords, Endpoint, Flow, FlowKey, Reason, SocketKey, FAMILY_V4, FAMILY_V6, FLOW_INITIATOR_HI,
     FLOW_INITIATOR_LO,
 };
 
@@ -94,9 +94,10 @@ struct L4 {
     proto: u8,
     /// TCP: the flags byte. Echo: 1 for a request, 0 for a reply.
     flags: u8,
-    /// TCP / UDP ports; for echo, the identifier in both.
-    sport: [u8; 2],
-    dport: [u8; 2],
+    /// TCP / UDP ports (as read from the packet: network order in memory); for echo, the
+    /// identifier in both.
+    sport: u16,
+    dport: u16,
     /// TCP sequence and acknowledgment numbers (0 otherwise).
     seq: u32,
     ack: u32,
@@ -106,8 +107,16 @@ struct L4 {
 /// and socket keys store them.
 struct Addrs {
     family: u8,
-    src: [u8; 16],
-    dst: [u8; 16],
+    src: AddrWords,
+    dst: AddrWords,
+}
+
+/// A 32-bit word of packet data from two 16-bit reads (IP headers sit at 2-byte alignment
+/// after the 14-byte Ethernet header), in the machine's order, as `AddrWords` keep it.
+#[inline(always)]
+const fn word(h: [u16; 2]) -> u32 {
+    let (a, b) = (h[0].to_ne_bytes(), h[1].to_ne_bytes());
+    u32::from_ne_bytes([a[0], a[1], b[0], b[1]])
 }
 
 pub struct Forward {
@@ -191,11 +200,13 @@ fn decide_v4(pkt: &Packet, eth: &[u8; ETH_HLEN]) -> Result<Parsed, Reason> {
     if be16([ip[6], ip[7]]) & 0x3fff != 0 {
         return Err(Reason::Fragment);
     }
-    let src = [ip[12], ip[13], ip[14], ip[15]];
     let dst = [ip[16], ip[17], ip[18], ip[19]];
     if eth[0] & 1 != 0 || !ipv4_is_forwardable_unicast(dst) {
         return Err(Reason::NotUnicast);
     }
+    let a: *const [u16; 4] = pkt.ptr_at(ETH_HLEN + 12).ok_or(Reason::Malformed)?;
+    // SAFETY: bounds checked by ptr_at.
+    let a = unsafe { &*a };
     let l4 = parse_l4(
         pkt,
         ETH_HLEN + IPV4_HLEN,
@@ -203,13 +214,11 @@ fn decide_v4(pkt: &Packet, eth: &[u8; ETH_HLEN]) -> Result<Parsed, Reason> {
         ip[9],
         FAMILY_V4,
     )?;
-    let mut addrs = Addrs {
+    let addrs = Addrs {
         family: FAMILY_V4,
-        src: [0; 16],
-        dst: [0; 16],
+        src: [word([a[0], a[1]]), 0, 0, 0],
+        dst: [word([a[2], a[3]]), 0, 0, 0],
     };
-    addrs.src[..4].copy_from_slice(&src);
-    addrs.dst[..4].copy_from_slice(&dst);
     Ok(Parsed {
         l3: L3::V4,
         addrs,
@@ -237,11 +246,22 @@ fn decide_v6(pkt: &Packet, eth: &[u8; ETH_HLEN]) -> Result<Parsed, Reason> {
     if ipv6_is_extension_header(next) {
         return Err(Reason::Ipv6ExtHeader);
     }
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
-    src.copy_from_slice(&ip[8..24]);
-    dst.copy_from_slice(&ip[24..40]);
-    if eth[0] & 1 != 0 || !ipv6_is_forwardable_unicast(dst) {
+    let a: *const [u16; 16] = pkt.ptr_at(ETH_HLEN + 8).ok_or(Reason::Malformed)?;
+    // SAFETY: bounds checked by ptr_at.
+    let a = unsafe { &*a };
+    let src = [
+        word([a[0], a[1]]),
+        word([a[2], a[3]]),
+        word([a[4], a[5]]),
+        word([a[6], a[7]]),
+    ];
+    let dst = [
+        word([a[8], a[9]]),
+        word([a[10], a[11]]),
+        word([a[12], a[13]]),
+        word([a[14], a[15]]),
+    ];
+    if eth[0] & 1 != 0 || !ipv6_words_are_forwardable_unicast(&dst) {
         return Err(Reason::NotUnicast);
     }
     let l4 = parse_l4(pkt, ETH_HLEN + IPV6_HLEN, payload, next, FAMILY_V6)?;
@@ -268,17 +288,21 @@ fn endpoint(
     ttl: u8,
 ) -> Result<Endpoint, Reason> {
     let (dst_ep, src_ep) = if addrs.family == FAMILY_V4 {
-        let dst = [addrs.dst[0], addrs.dst[1], addrs.dst[2], addrs.dst[3]];
         let dst_ep = ENDPOINTS_V4
-            .get(Key::new(32, dst))
+            .get(Key::new(32, addrs.dst[0].to_ne_bytes()))
             .ok_or(Reason::NoEndpoint)?;
-        let src = [addrs.src[0], addrs.src[1], addrs.src[2], addrs.src[3]];
-        (dst_ep, ENDPOINTS_V4.get(Key::new(32, src)))
+        (
+            dst_ep,
+            ENDPOINTS_V4.get(Key::new(32, addrs.src[0].to_ne_bytes())),
+        )
     } else {
         let dst_ep = ENDPOINTS_V6
-            .get(Key::new(128, addrs.dst))
+            .get(Key::new(128, addr_bytes(&addrs.dst)))
             .ok_or(Reason::NoEndpoint)?;
-        (dst_ep, ENDPOINTS_V6.get(Key::new(128, addrs.src)))
+        (
+            dst_ep,
+            ENDPOINTS_V6.get(Key::new(128, addr_bytes(&addrs.src))),
+        )
     };
     let endpoint = check_endpoints(ingress, eth, dst_ep, src_ep)?;
     if ttl <= 1 {
@@ -293,7 +317,7 @@ fn endpoint(
 fn parse_l4(pkt: &Packet, off: usize, room: usize, proto: u8, family: u8) -> Result<L4, Reason> {
     match proto {
         IPPROTO_TCP => {
-            let h: *const [u8; TCP_READ] = pkt.ptr_at(off).ok_or(Reason::Malformed)?;
+            let h: *const [u16; TCP_READ / 2] = pkt.ptr_at(off).ok_or(Reason::Malformed)?;
             if room < TCP_READ {
                 return Err(Reason::Malformed);
             }
@@ -301,15 +325,15 @@ fn parse_l4(pkt: &Packet, off: usize, room: usize, proto: u8, family: u8) -> Res
             let h = unsafe { &*h };
             Ok(L4 {
                 proto,
-                flags: h[13],
-                sport: [h[0], h[1]],
-                dport: [h[2], h[3]],
-                seq: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
-                ack: u32::from_be_bytes([h[8], h[9], h[10], h[11]]),
+                flags: h[6].to_ne_bytes()[1],
+                sport: h[0],
+                dport: h[1],
+                seq: u32::from_be(word([h[2], h[3]])),
+                ack: u32::from_be(word([h[4], h[5]])),
             })
         }
         IPPROTO_UDP => {
-            let h: *const [u8; 4] = pkt.ptr_at(off).ok_or(Reason::Malformed)?;
+            let h: *const [u16; 2] = pkt.ptr_at(off).ok_or(Reason::Malformed)?;
             if room < UDP_HLEN {
                 return Err(Reason::Malformed);
             }
@@ -318,8 +342,8 @@ fn parse_l4(pkt: &Packet, off: usize, room: usize, proto: u8, family: u8) -> Res
             Ok(L4 {
                 proto,
                 flags: 0,
-                sport: [h[0], h[1]],
-                dport: [h[2], h[3]],
+                sport: h[0],
+                dport: h[1],
                 seq: 0,
                 ack: 0,
             })
@@ -348,7 +372,7 @@ fn parse_l4(pkt: &Packet, off: usize, room: usize, proto: u8, family: u8) -> Res
                 IcmpKind::Error => return Err(Reason::IcmpError),
                 IcmpKind::Other => return Err(Reason::OtherProtocol),
             };
-            let h: *const [u8; ICMP_HLEN] = pkt.ptr_at(off).ok_or(Reason::Malformed)?;
+            let h: *const [u16; ICMP_HLEN / 2] = pkt.ptr_at(off).ok_or(Reason::Malformed)?;
             if room < ICMP_HLEN {
                 return Err(Reason::Malformed);
             }
@@ -357,8 +381,8 @@ fn parse_l4(pkt: &Packet, off: usize, room: usize, proto: u8, family: u8) -> Res
             Ok(L4 {
                 proto,
                 flags: u8::from(request),
-                sport: [h[4], h[5]],
-                dport: [h[4], h[5]],
+                sport: h[2],
+                dport: h[2],
                 seq: 0,
                 ack: 0,
             })
@@ -498,7 +522,7 @@ fn start_flow(key: &FlowKey, flow: &Flow) -> Result<(), Reason> {
 /// cheaper than an update (it also refreshes the entry's LRU age). Not inlined, like
 /// `flow_rule`.
 #[inline(never)]
-fn remember_kernel_socket(addrs: &Addrs, port: [u8; 2]) {
+fn remember_kernel_socket(addrs: &Addrs, port: u16) {
     let socket = SocketKey {
         addr: addrs.src,
         port,

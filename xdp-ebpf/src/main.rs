@@ -23,6 +23,10 @@ use common::Reason;
 use fastpath::{Packet, Verdict};
 
 const ETH_HLEN: usize = 14;
+/// IP packets up to this length skip the target MTU check (a helper call): it is IPv6's
+/// minimum MTU, and no pod veth is expected below it. Request/response traffic is small, so
+/// its packets pay nothing for the check.
+const MTU_ALWAYS_FITS: u32 = 1280;
 
 /// Declared multi-buffer capable (`xdp.frags`): without it the kernel refuses to attach to a
 /// veth whose peer MTU exceeds one page (ERANGE, "Peer MTU is too large"), so pods with jumbo
@@ -52,6 +56,9 @@ pub fn xdp_fastpath(ctx: XdpContext) -> u32 {
         // length (the whole frame, frags included, minus Ethernet) is passed explicitly: the
         // helper would otherwise measure the first buffer only.
         let mut l3_len = len.saturating_sub(ETH_HLEN) as u32;
+        if l3_len <= MTU_ALWAYS_FITS {
+            return Reason::Redirected;
+        }
         // SAFETY: plain helper call on the program's own context and a stack variable.
         match unsafe { bpf_check_mtu(ctx.ctx.cast(), ifindex, &raw mut l3_len, 0, 0) } {
             0 => Reason::Redirected,
@@ -106,6 +113,9 @@ pub fn tc_fastpath(ctx: TcContext) -> i32 {
         // SAFETY: only tests for presence; the value is never read.
         if unsafe { maps::ATTACHMENTS.get(&ifindex) }.is_none() {
             return Reason::TxPortMissing;
+        }
+        if len <= ETH_HLEN + MTU_ALWAYS_FITS as usize {
+            return Reason::Redirected;
         }
         tc_fits_mtu(ctx.skb.skb, ifindex)
     };
