@@ -278,9 +278,9 @@ fn decide_v6(pkt: &Packet, eth: &[u8; ETH_HLEN]) -> Result<Parsed, Reason> {
 }
 
 /// Rules 3 to 5: the destination endpoint, if the packet may go there. Shared by both families
-/// and not inlined: the hook's stack frame plus the flow rule's must stay within the verifier's
-/// 512 bytes, and the LPM keys here are never live together with the flow rule's keys.
-#[inline(never)]
+/// (one copy of it and of the flow rule in the program: inlined once per family, the two
+/// overflowed the BPF stack).
+#[inline(always)]
 fn endpoint(
     ingress: u32,
     eth: &[u8; ETH_HLEN],
@@ -429,9 +429,8 @@ const fn initiator(src_is_lo: bool) -> u8 {
 }
 
 /// Rule 6 for a packet that may otherwise be redirected (and will be, if this says yes): checks
-/// and updates `FLOWS`. A BPF subprogram rather than inlined: its keys get a stack frame of
-/// their own instead of growing the hook's past the 512-byte limit.
-#[inline(never)]
+/// and updates `FLOWS`.
+#[inline(always)]
 fn flow_rule(addrs: &Addrs, l4: &L4) -> Result<(), Reason> {
     if l4.proto == IPPROTO_UDP {
         let socket = SocketKey {
@@ -519,8 +518,8 @@ fn start_flow(key: &FlowKey, flow: &Flow) -> Result<(), Reason> {
 
 /// Marks a local pod's UDP socket as talking through the kernel path (see `flow_rule`).
 /// Looks first: most datagrams of an exchange find the mark already there, and a lookup is
-/// cheaper than an update (it also refreshes the entry's LRU age). Not inlined, like
-/// `flow_rule`.
+/// cheaper than an update (it also refreshes the entry's LRU age). Only on the kernel path, so
+/// a BPF subprogram: it adds nothing to the fast path's stack frame.
 #[inline(never)]
 fn remember_kernel_socket(addrs: &Addrs, port: u16) {
     let socket = SocketKey {
