@@ -23,7 +23,8 @@
 //! uses their ifindexes; the namespace and its devices disappear when the thread ends. Nothing is
 //! pinned (the object's maps are unpinned), nothing is attached, the host is not touched.
 //!
-//! Needs root; skipped (with a message) otherwise.
+//! Needs root: the tests are `#[ignore]`d, and fail when run without root (`scripts/test.sh`
+//! runs them as root with `--include-ignored`).
 
 use std::fmt::Write as _;
 use std::mem::size_of;
@@ -1038,13 +1039,13 @@ fn hex(b: &[u8]) -> String {
     })
 }
 
-/// Skips (returns) when not root; otherwise runs `f` once per hook, each on a fresh bench in its
+/// Fails when not root; otherwise runs `f` once per hook, each on a fresh bench in its
 /// own private namespace, and fails listing every hook's failures.
 fn for_each_hook(test: &str, f: impl Fn(&Bench) -> Result<()> + Copy + Send + 'static) {
-    if !is_root() {
-        eprintln!("SKIPPED {test}: BPF_PROG_TEST_RUN and network namespaces need root");
-        return;
-    }
+    assert!(
+        is_root(),
+        "{test}: BPF_PROG_TEST_RUN and network namespaces need root; run scripts/test.sh"
+    );
     let failures: Vec<String> = Hook::ALL
         .into_iter()
         .filter_map(|hook| {
@@ -1139,6 +1140,7 @@ fn redirect_cases() -> Vec<Case> {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test.sh"]
 fn redirects_rewrite_macs_and_ttl() {
     run_cases("redirects_rewrite_macs_and_ttl", redirect_cases);
 }
@@ -1172,6 +1174,7 @@ fn tx_port_cases() -> Vec<Case> {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test.sh"]
 fn missing_tx_port_passes_unchanged() {
     run_cases("missing_tx_port_passes_unchanged", tx_port_cases);
 }
@@ -1349,6 +1352,7 @@ fn malformed_cases() -> Vec<Case> {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test.sh"]
 fn malformed_and_unsupported_headers_pass() {
     run_cases("malformed_and_unsupported_headers_pass", malformed_cases);
 }
@@ -1461,6 +1465,7 @@ fn not_unicast_cases() -> Vec<Case> {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test.sh"]
 fn non_unicast_and_ndp_pass() {
     run_cases("non_unicast_and_ndp_pass", not_unicast_cases);
 }
@@ -1618,6 +1623,7 @@ fn policy_cases() -> Vec<Case> {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test.sh"]
 fn endpoint_policy_and_ttl() {
     run_cases("endpoint_policy_and_ttl", policy_cases);
 }
@@ -1627,6 +1633,7 @@ fn endpoint_policy_and_ttl() {
 /// `EINVAL`). If a kernel ever accepts them, the program must count them as malformed and pass
 /// them.
 #[test]
+#[ignore = "needs root: run scripts/test.sh"]
 fn short_ethernet_frame() {
     for_each_hook("short_ethernet_frame", |bench| {
         let hook = bench.hook.name();
@@ -1654,11 +1661,12 @@ fn short_ethernet_frame() {
 /// - `ifindex` must name an existing device, fields the kernel does not take must be zero, and
 ///   bytes past the struct must be zero.
 #[test]
+#[ignore = "needs root: run scripts/test.sh"]
 fn tc_skb_ctx_rules() {
-    if !is_root() {
-        eprintln!("SKIPPED tc_skb_ctx_rules: BPF_PROG_TEST_RUN and network namespaces need root");
-        return;
-    }
+    assert!(
+        is_root(),
+        "tc_skb_ctx_rules: BPF_PROG_TEST_RUN and network namespaces need root; run scripts/test.sh"
+    );
     let result = in_private_netns("tc_skb_ctx_rules", || {
         let bench = Bench::new(Hook::Tc)?;
         let frame = V4::udp(v4(EP_A), v4(EP_B)).frame();
@@ -1796,6 +1804,7 @@ fn documented_malformed_cases() -> Vec<Case> {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test.sh"]
 fn documented_malformed_edge_cases() {
     run_cases(
         "documented_malformed_edge_cases",
