@@ -8,7 +8,7 @@
 //! Each test builds its own bench (unique prefix and pin dir, torn down on drop) and starts the
 //! controller through [`Controller`] (killed by pid on drop, before the bench goes). Traffic is
 //! proven to take the fast path the way `datapath.rs` does: the node's FORWARD chain DROPs
-//! pod-to-pod traffic. Needs root; skipped (with a message) otherwise.
+//! pod-to-pod traffic. Needs root: `#[ignore]`d, and failing without root (`scripts/test.sh`).
 
 use std::{
     collections::{BTreeMap, BTreeSet},

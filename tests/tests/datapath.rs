@@ -7,7 +7,7 @@
 //! down on drop) and drives the `xdp-ctl` binary (`$XDP_CTL_BIN`, else `target/<profile>/xdp-ctl`:
 //! build it first with `cargo build -p xdp-ctl`). Redirection is proven at the receiver: the
 //! node's FORWARD chain DROPs pod-to-pod traffic, so only the fast path can deliver it, and
-//! delivered payloads are checked byte for byte. Needs root; skipped (with a message) otherwise.
+//! delivered payloads are checked byte for byte. Needs root: `#[ignore]`d, failing without root.
 
 use std::{
     collections::BTreeMap,
