@@ -36,7 +36,7 @@ use crate::{
     attach::{self, Attacher, Datapath, Mode},
     maps::Prefix,
     nl::{self, Link, Rtnl},
-    pin::PinDir,
+    pin::{PinDir, PinLock},
 };
 
 pub struct RunOptions {
@@ -185,6 +185,8 @@ struct Controller {
     realized_members: HashMap<Prefix, u32>,
     /// The first full reconcile has been applied (ready once the sources synced too).
     synced: bool,
+    /// Tells `status` we run, for as long as this process lives (`PinDir::hold_controller`).
+    _alive: PinLock,
 }
 
 impl Controller {
@@ -199,6 +201,7 @@ impl Controller {
         let members_map = MembershipMap::open_or_create(pins)?;
         let (membership, updates) =
             Membership::start(&opts.membership, !opts.config.meshed.is_empty())?;
+        let alive = pins.hold_controller()?;
         let now = now_ms();
         let mut c = Controller {
             pins: pins.clone(),
@@ -220,6 +223,7 @@ impl Controller {
             members_map,
             realized_members: HashMap::new(),
             synced: false,
+            _alive: alive,
         };
         c.publish();
         Ok((c, updates))
