@@ -89,19 +89,9 @@ Examples:
 EOF
 }
 
-say() { printf '[bench-controller] %s\n' "$*" 2>/dev/null || true; }
-step() { printf '\n[bench-controller] === %s\n' "$*" 2>/dev/null || true; }
-warn() { printf '[bench-controller] WARNING: %s\n' "$*" >&2; }
-die() {
-  printf '[bench-controller] error: %s\n' "$*" >&2
-  exit 1
-}
-usage_error() {
-  printf '[bench-controller] error: %s\n' "$*" >&2
-  printf "Run '%s --help' for usage.\n" "$PROG" >&2
-  exit 2
-}
-is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
+TAG=bench-controller
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # --- arguments ------------------------------------------------------------------------------
 
@@ -121,28 +111,14 @@ while [ $# -gt 0 ]; do
       usage
       exit 0
       ;;
-    --pods | --burst | --datapath | --json | --log-dir | --poll-ms | --burst-timeout | --resync-interval)
-      [ $# -ge 2 ] || usage_error "$1 needs a value"
-      case "$1" in
-        --pods) PODS=$2 ;;
-        --burst) BURST=$2 ;;
-        --datapath) DP_ARG=$2 ;;
-        --json) JSON_OUT=$2 ;;
-        --log-dir) LOG_DIR=$2 ;;
-        --poll-ms) POLL_MS=$2 ;;
-        --burst-timeout) BURST_TIMEOUT_S=$2 ;;
-        --resync-interval) RESYNC_S=$2 ;;
-      esac
-      shift 2
-      ;;
-    --pods=*) PODS=${1#*=}; shift ;;
-    --burst=*) BURST=${1#*=}; shift ;;
-    --datapath=*) DP_ARG=${1#*=}; shift ;;
-    --json=*) JSON_OUT=${1#*=}; shift ;;
-    --log-dir=*) LOG_DIR=${1#*=}; shift ;;
-    --poll-ms=*) POLL_MS=${1#*=}; shift ;;
-    --burst-timeout=*) BURST_TIMEOUT_S=${1#*=}; shift ;;
-    --resync-interval=*) RESYNC_S=${1#*=}; shift ;;
+    --pods | --pods=*) opt_arg "$@"; PODS=$OPTVAL; shift "$OPTSHIFT" ;;
+    --burst | --burst=*) opt_arg "$@"; BURST=$OPTVAL; shift "$OPTSHIFT" ;;
+    --datapath | --datapath=*) opt_arg "$@"; DP_ARG=$OPTVAL; shift "$OPTSHIFT" ;;
+    --json | --json=*) opt_arg "$@"; JSON_OUT=$OPTVAL; shift "$OPTSHIFT" ;;
+    --log-dir | --log-dir=*) opt_arg "$@"; LOG_DIR=$OPTVAL; shift "$OPTSHIFT" ;;
+    --poll-ms | --poll-ms=*) opt_arg "$@"; POLL_MS=$OPTVAL; shift "$OPTSHIFT" ;;
+    --burst-timeout | --burst-timeout=*) opt_arg "$@"; BURST_TIMEOUT_S=$OPTVAL; shift "$OPTSHIFT" ;;
+    --resync-interval | --resync-interval=*) opt_arg "$@"; RESYNC_S=$OPTVAL; shift "$OPTSHIFT" ;;
     --quick) QUICK=1; shift ;;
     --no-build) BUILD=0; shift ;;
     *) usage_error "unknown argument '$1'" ;;
@@ -193,9 +169,7 @@ longest="${NAME}h${TOTAL_PODS}"
 
 [ "$(id -u)" -eq 0 ] || die "run as root (namespaces, XDP/TC programs, bpffs)"
 export PATH="$HOME/.cargo/bin:$PATH"
-for tool in ip jq awk xargs nproc; do
-  command -v "$tool" >/dev/null || die "'$tool' not found (scripts/bootstrap.sh installs it)"
-done
+need_tools ip jq awk xargs nproc
 
 # --- state and cleanup ----------------------------------------------------------------------
 
