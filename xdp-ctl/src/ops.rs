@@ -201,6 +201,11 @@ pub struct ControllerView {
     pub endpoints_v6: u32,
     pub pending: u32,
     pub heartbeat_age_ms: u64,
+    /// When it started, in ms since the Unix epoch.
+    pub started_unix_ms: u64,
+    /// When its last full sync ended (the first one made it ready), in ms since the Unix epoch;
+    /// `None` before the first.
+    pub last_resync_unix_ms: Option<u64>,
     /// `None` before the first resync.
     pub last_resync_age_ms: Option<u64>,
     pub resyncs: u64,
@@ -233,6 +238,8 @@ fn controller_view(st: &ControllerState, held: bool) -> Option<ControllerView> {
         endpoints_v6: st.endpoints_v6,
         pending: st.pending,
         heartbeat_age_ms,
+        started_unix_ms: st.started_unix_ms,
+        last_resync_unix_ms: (st.last_resync_unix_ms != 0).then_some(st.last_resync_unix_ms),
         last_resync_age_ms: (st.last_resync_unix_ms != 0)
             .then(|| now.saturating_sub(st.last_resync_unix_ms)),
         resyncs: st.resyncs,
