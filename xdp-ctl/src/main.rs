@@ -256,15 +256,16 @@ fn run(cli: &Cli) -> Result<()> {
             } else {
                 for r in &reports {
                     match r.result {
-                        "already-attached" => println!(
+                        attach::AttachResult::AlreadyAttached => println!(
                             "{}: already attached ({} {}), nothing to do",
                             r.iface,
                             r.datapath.name(),
                             r.mode
                         ),
                         result => println!(
-                            "{}: {result} ({} {}, link pinned at {})",
+                            "{}: {} ({} {}, link pinned at {})",
                             r.iface,
+                            result.name(),
                             r.datapath.name(),
                             r.mode,
                             r.pin_path.display()

@@ -33,7 +33,7 @@ use self::{
     state::{plan, plan_members, Config, LinkFacts, Node},
 };
 use crate::{
-    attach::{self, Attacher, Datapath, Mode},
+    attach::{self, AttachResult, Attacher, Datapath, Mode},
     maps::Prefix,
     nl::{self, Link, Rtnl},
     pin::{PinDir, PinLock},
@@ -624,14 +624,14 @@ impl Controller {
         let mut changed = 0;
         for r in reports {
             match r.result {
-                "already-attached" => {}
-                "replaced-stale" => {
+                AttachResult::AlreadyAttached => {}
+                AttachResult::ReplacedStale => {
                     // Attach dropped the old interface's entries from the maps.
                     self.realized.retain(|_, ep| ep.ifindex != r.ifindex);
                     changed += 1;
                 }
                 _ => {
-                    info!(iface = %r.iface, datapath = r.datapath.name(), result = r.result, "attached");
+                    info!(iface = %r.iface, datapath = r.datapath.name(), result = r.result.name(), "attached");
                     changed += 1;
                 }
             }
