@@ -20,12 +20,7 @@ pub const NETNS_RUN_DIR: &str = "/run/netns";
 
 /// Moves the calling thread into network namespace `file`.
 pub fn setns(file: &File) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: plain syscall on a valid fd.
-    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
 }
 
 /// Opens the named namespace `/run/netns/NAME` (as created by `ip netns add`).
