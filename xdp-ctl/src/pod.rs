@@ -2,11 +2,11 @@
 //! on veth needs there (DESIGN.md section 3), set on attach and given back on detach.
 use std::{collections::HashMap, io};
 
-use anyhow::{anyhow, bail, Context as _, Result};
 use common::{Attachment, ATT_F_ORIG_GRO_ON, ATT_F_ORIG_TX_CSUM_ON, ATT_F_PREPARED};
 use tracing::{debug, warn};
 
 use crate::{
+    datapath::{Error, Result, ResultExt as _},
     ethtool::{self, Offloads},
     netns::{self, Namespace},
     nl::{Link, Rtnl},
@@ -22,16 +22,15 @@ struct Peer {
 impl Peer {
     fn locate(rtnl: &mut Rtnl, link: &Link, index: Option<&mut NsIndex>) -> Result<Peer> {
         if !link.is_veth() {
-            bail!(
-                "{} is not a veth (kind: {}); xdp-fastpath attaches to the host side of pod veths",
-                link.name,
-                link.kind.as_deref().unwrap_or("none")
-            );
+            return Err(Error::NotVeth {
+                iface: link.name.clone(),
+                kind: link.kind.clone().unwrap_or_else(|| "none".into()),
+            });
         }
         let peer_index = link
             .peer_index
             .filter(|i| *i != 0)
-            .ok_or_else(|| anyhow!("{}: the kernel reports no veth peer", link.name))?;
+            .ok_or_else(|| Error::NoPeer(link.name.clone()))?;
         let Some(nsid) = link.link_netnsid else {
             return Ok(Peer {
                 ns: None,
@@ -42,13 +41,9 @@ impl Peer {
             Some(index) => index.take(rtnl, nsid)?,
             None => netns::find_by_nsid(rtnl, nsid).context("searching network namespaces")?,
         }
-        .ok_or_else(|| {
-            anyhow!(
-                "cannot find the network namespace of {}'s peer (netns id {nsid}): it is not \
-                 under /run/netns and no process runs in it; name it with \
-                 `ip netns attach NAME PID` and retry",
-                link.name
-            )
+        .ok_or_else(|| Error::PeerNamespaceNotFound {
+            iface: link.name.clone(),
+            nsid,
         })?;
         debug!(iface = %link.name, ns = %ns.path.display(), "found veth peer namespace");
         Ok(Peer {
@@ -165,13 +160,20 @@ pub(crate) fn restore_peer(rtnl: &mut Rtnl, att: &Attachment) -> Result<()> {
     if att.prep_flags & ATT_F_PREPARED == 0 {
         return Ok(());
     }
-    let Some(link) = rtnl.link_by_index(att.ifindex)? else {
+    let Some(link) = rtnl
+        .link_by_index(att.ifindex)
+        .with_context(|| format!("looking up ifindex {}", att.ifindex))?
+    else {
         return Ok(());
     };
     let peer = match Peer::locate(rtnl, &link, None) {
         Ok(p) => p,
         Err(e) => {
-            warn!("{}: not restoring pod-side offloads: {e:#}", link.name);
+            warn!(
+                "{}: not restoring pod-side offloads: {}",
+                link.name,
+                e.chain()
+            );
             return Ok(());
         }
     };

@@ -593,7 +593,7 @@ impl Controller {
         {
             match r {
                 Ok(()) => debug!(iface = %l.name, "pod side up: GRO re-applied"),
-                Err(e) => warn!("{e:#}"),
+                Err(e) => warn!("{}", e.chain()),
             }
         }
     }
@@ -607,7 +607,7 @@ impl Controller {
         let reports = match self.attacher.attach(&mut self.rtnl, links) {
             Ok(r) => r,
             Err(e) => {
-                debug!("batch attach failed, retrying one by one: {e:#}");
+                debug!("batch attach failed, retrying one by one: {}", e.chain());
                 let mut all = Vec::new();
                 for l in links {
                     match self
@@ -615,7 +615,7 @@ impl Controller {
                         .attach(&mut self.rtnl, std::slice::from_ref(l))
                     {
                         Ok(r) => all.extend(r),
-                        Err(e) => warn!("{}: {e:#}", l.name),
+                        Err(e) => warn!("{}: {}", l.name, e.chain()),
                     }
                 }
                 all

@@ -1,13 +1,14 @@
 //! Attaching interfaces, all-or-nothing, in two phases (see the module docs of `datapath`).
 use std::path::PathBuf;
 
-use anyhow::{anyhow, bail, Context as _, Result};
 use common::{Attachment, ATT_MODE_SKB, ATT_MODE_TCX};
 use serde::Serialize;
 use tracing::warn;
 
 use super::{
-    dp_name, forget,
+    dp_name,
+    error::{Error, Result, ResultExt as _},
+    forget,
     link::{live_program, unpin},
     link_pin,
     load::{load, Prog},
@@ -76,7 +77,7 @@ pub fn attach(
     mode: Mode,
 ) -> Result<Vec<AttachReport>> {
     if ifaces.is_empty() {
-        bail!("no interface given");
+        return Err(Error::NoInterface);
     }
     let mut rtnl = Rtnl::new().context("opening rtnetlink")?;
     // Resolve everything before changing anything.
@@ -153,11 +154,10 @@ impl Attacher {
                     Some(old) if live_old(pins, link, &old) => {
                         if old.datapath == new.datapath {
                             if old.mode != new.mode {
-                                bail!(
-                                    "{} is attached in {} mode; detach it first to change the mode",
-                                    link.name,
-                                    mode_name(&old)
-                                );
+                                return Err(Error::OtherMode {
+                                    iface: link.name.clone(),
+                                    mode: mode_name(&old),
+                                });
                             }
                             reports.push(report(pins, link, &new, AttachResult::AlreadyAttached));
                             continue;
@@ -182,12 +182,10 @@ impl Attacher {
                     }
                     None => {
                         if let (Datapath::Xdp, Some(id)) = (datapath, link.xdp_prog_id) {
-                            bail!(
-                                "{} already runs another XDP program (id {id}) that xdp-ctl did \
-                                 not attach; detach it first (`ip link set dev {} xdp off`)",
-                                link.name,
-                                link.name
-                            );
+                            return Err(Error::ForeignXdp {
+                                iface: link.name.clone(),
+                                id,
+                            });
                         }
                         ctx.add(link, new, None)
                             .with_context(|| format!("attaching to {}", link.name))?;
@@ -200,7 +198,10 @@ impl Attacher {
 
         if let Err(e) = phase1 {
             undo_all(pins, rtnl, maps, undo)?;
-            return Err(e.context("nothing was changed (all-or-nothing)"));
+            return Err(Error::Context {
+                context: "nothing was changed (all-or-nothing)".into(),
+                source: Box::new(e),
+            });
         }
         for s in switches {
             commit_switch(pins, rtnl, maps, &s).with_context(|| {
@@ -221,9 +222,9 @@ fn resolve(rtnl: &mut Rtnl, ifaces: &[String]) -> Result<Vec<Link>> {
         let link = rtnl
             .link_by_name(name)
             .with_context(|| format!("looking up interface {name}"))?
-            .ok_or_else(|| anyhow!("unknown interface {name}"))?;
+            .ok_or_else(|| Error::UnknownInterface(name.clone()))?;
         if links.iter().any(|l| l.index == link.index) {
-            bail!("interface {name} given twice");
+            return Err(Error::GivenTwice(name.clone()));
         }
         links.push(link);
     }
@@ -269,11 +270,10 @@ impl Step<'_, '_> {
         // Both hooks forward into the peer of a veth: bpf_redirect_peer only works towards a
         // veth (or netkit), and the XDP path prepares the peer.
         if !link.is_veth() {
-            bail!(
-                "{} is not a veth (kind: {}); xdp-fastpath attaches to the host side of pod veths",
-                link.name,
-                link.kind.as_deref().unwrap_or("none")
-            );
+            return Err(Error::NotVeth {
+                iface: link.name.clone(),
+                kind: link.kind.clone().unwrap_or_else(|| "none".into()),
+            });
         }
         if datapath == Datapath::Xdp {
             // The pod side must take native redirects before anyone redirects to it. Done in
@@ -314,7 +314,7 @@ impl Step<'_, '_> {
 fn undo_all(pins: &PinDir, rtnl: &mut Rtnl, maps: &mut Maps, undo: Vec<Undo>) -> Result<()> {
     for step in undo.into_iter().rev() {
         if let Err(u) = run_undo(rtnl, maps, step) {
-            warn!("while undoing a failed attach: {u:#}");
+            warn!("while undoing a failed attach: {}", u.chain());
         }
     }
     if maps.attachments()?.is_empty() {

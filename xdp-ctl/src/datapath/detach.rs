@@ -1,11 +1,15 @@
 //! Detaching interfaces (giving pods their settings back), and forgetting the attachments of
 //! interfaces that are gone.
-use anyhow::{anyhow, bail, Context as _, Result};
 use common::{Attachment, ATT_F_PREPARED};
 use serde::Serialize;
 use tracing::{debug, warn};
 
-use super::{att_name, dp_name, link::unpin, live_program, Datapath};
+use super::{
+    att_name, dp_name,
+    error::{Error, Result, ResultExt as _},
+    link::unpin,
+    live_program, Datapath,
+};
 use crate::{
     maps::{Maps, Prefix},
     nl::Rtnl,
@@ -56,11 +60,10 @@ pub fn detach(pins: &PinDir, ifaces: Option<&[String]>) -> Result<Vec<DetachRepo
     pins.check_bpffs()?;
     if !pins.has_maps() {
         if let Some(names) = ifaces {
-            bail!(
-                "{} is not attached (nothing is attached under {})",
-                names.join(", "),
-                pins.root().display()
-            );
+            return Err(Error::NothingAttached {
+                ifaces: names.join(", "),
+                pin_dir: pins.root().to_path_buf(),
+            });
         }
         return Ok(Vec::new());
     }
@@ -73,11 +76,14 @@ pub fn detach(pins: &PinDir, ifaces: Option<&[String]>) -> Result<Vec<DetachRepo
         Some(names) => {
             let mut t = Vec::new();
             for name in names {
-                let index = rtnl.link_by_name(name)?.map(|l| l.index);
+                let index = rtnl
+                    .link_by_name(name)
+                    .with_context(|| format!("looking up interface {name}"))?
+                    .map(|l| l.index);
                 let att = atts
                     .iter()
                     .find(|a| Some(a.ifindex) == index || (index.is_none() && att_name(a) == *name))
-                    .ok_or_else(|| anyhow!("{name} is not attached by xdp-ctl"))?;
+                    .ok_or_else(|| Error::NotAttached(name.clone()))?;
                 t.push(*att);
             }
             t
@@ -107,7 +113,8 @@ pub fn detach_records(
         // A stale record (its interface gone, the index now someone else's) must not touch
         // whatever interface has the index now: only a live attachment gets its pod restored.
         let live = match (
-            rtnl.link_by_index(att.ifindex)?,
+            rtnl.link_by_index(att.ifindex)
+                .with_context(|| format!("looking up ifindex {}", att.ifindex))?,
             Datapath::from_att(att.datapath),
         ) {
             (Some(link), Some(dp)) => live_program(pins, &link, dp).is_some(),

@@ -2,7 +2,6 @@
 //! (so they outlive the process), found again, and unpinned (which detaches).
 use std::path::PathBuf;
 
-use anyhow::{anyhow, Context as _, Result};
 use aya::programs::{
     links::{FdLink, LinkOrder, PinnedLink},
     tc::TcAttachOptions,
@@ -10,7 +9,12 @@ use aya::programs::{
 };
 use tracing::debug;
 
-use super::{link_pin, load::Prog, Datapath, Mode};
+use super::{
+    error::{Error, Result, ResultExt as _},
+    link_pin,
+    load::Prog,
+    Datapath, Mode,
+};
 use crate::{nl::Link, pin::PinDir};
 
 /// The program id of our pinned `datapath` link if it still drives `link` (a recorded ifindex
@@ -34,12 +38,8 @@ impl Prog<'_> {
                 let id = p
                     .attach_to_if_index(link.index, mode.xdp_mode())
                     .map_err(|e| explain_attach_error(e, link, Datapath::Xdp, mode))?;
-                FdLink::try_from(p.take_link(id)?).map_err(|_| {
-                    anyhow!(
-                        "the kernel attached without a bpf_link (netlink fallback); \
-                         XDP links need Linux 5.9+"
-                    )
-                })?
+                FdLink::try_from(p.take_link(id).context("taking the XDP link")?)
+                    .map_err(|_| Error::NoXdpLink)?
             }
             Prog::Tc(p) => {
                 let id = p
@@ -49,13 +49,15 @@ impl Prog<'_> {
                         TcAttachOptions::TcxOrder(LinkOrder::default()),
                     )
                     .map_err(|e| explain_attach_error(e, link, Datapath::Tc, mode))?;
-                FdLink::try_from(p.take_link(id)?)
-                    .map_err(|_| anyhow!("the kernel attached without a TCX link"))?
+                FdLink::try_from(p.take_link(id).context("taking the TCX link")?)
+                    .map_err(|_| Error::NoTcxLink)?
             }
         };
-        fd_link
-            .pin(path)
-            .with_context(|| format!("pinning the link at {}", path.display()))?;
+        fd_link.pin(path).map_err(|source| Error::LinkPin {
+            what: "pinning the link at",
+            path: path.clone(),
+            source,
+        })?;
         Ok(())
     }
 }
@@ -77,12 +79,7 @@ pub(super) fn unpin(path: &PathBuf) -> Result<()> {
     }
 }
 
-fn explain_attach_error(
-    e: ProgramError,
-    link: &Link,
-    datapath: Datapath,
-    mode: Mode,
-) -> anyhow::Error {
+fn explain_attach_error(e: ProgramError, link: &Link, datapath: Datapath, mode: Mode) -> Error {
     let errno = match &e {
         ProgramError::SyscallError(s) => s.io_error.raw_os_error(),
         _ => None,
@@ -105,9 +102,16 @@ fn explain_attach_error(
         }
         (_, Some(libc::EPERM)) => "permission denied: needs CAP_BPF and CAP_NET_ADMIN".to_string(),
         _ => {
-            return anyhow::Error::new(e)
-                .context(format!("attaching the {} program", datapath.name()))
+            return Error::Attach {
+                datapath: datapath.name(),
+                hint: None,
+                source: e,
+            }
         }
     };
-    anyhow::Error::new(e).context(format!("attaching the {} program: {hint}", datapath.name()))
+    Error::Attach {
+        datapath: datapath.name(),
+        hint: Some(hint),
+        source: e,
+    }
 }

@@ -1,9 +1,11 @@
 //! Loading the eBPF object (its maps reused from, or pinned to, the pin directory) and
 //! verifying the program of one datapath.
-use anyhow::{anyhow, Context as _, Result};
 use aya::programs::{SchedClassifier, Xdp};
 
-use super::Datapath;
+use super::{
+    error::{Error, Result, ResultExt as _},
+    Datapath,
+};
 use crate::{maps::ALL_MAPS, pin::PinDir, EBPF_OBJECT, TC_PROGRAM, XDP_PROGRAM};
 
 /// Loads the eBPF object; with `pins`, its maps are reused from (or pinned to) the pin
@@ -15,7 +17,7 @@ pub fn load(pins: Option<&PinDir>) -> Result<aya::Ebpf> {
             loader.map_pin_path(name, pins.map_path(name));
         }
     }
-    loader.load(EBPF_OBJECT).context("loading the eBPF object")
+    loader.load(EBPF_OBJECT).map_err(Error::Load)
 }
 
 /// The loaded program of the requested datapath.
@@ -30,9 +32,7 @@ impl<'a> Prog<'a> {
             Datapath::Xdp => XDP_PROGRAM,
             Datapath::Tc => TC_PROGRAM,
         };
-        let program = ebpf
-            .program_mut(name)
-            .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
+        let program = ebpf.program_mut(name).ok_or(Error::MissingProgram(name))?;
         Ok(match datapath {
             Datapath::Xdp => Prog::Xdp(program.try_into().context("program type")?),
             Datapath::Tc => Prog::Tc(program.try_into().context("program type")?),

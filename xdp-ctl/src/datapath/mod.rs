@@ -13,6 +13,7 @@
 //!    blackholed; see `switch::commit_switch`.
 mod attach;
 mod detach;
+mod error;
 mod link;
 mod load;
 mod switch;
@@ -28,6 +29,7 @@ use serde::Serialize;
 pub use self::{
     attach::{attach, AttachReport, AttachResult, Attacher},
     detach::{detach, detach_records, forget, DetachReport},
+    error::{Error, IntoError, Result, ResultExt},
     link::live_program,
     load::load,
 };

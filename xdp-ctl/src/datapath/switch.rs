@@ -1,9 +1,12 @@
 //! Switching an interface between the hooks (phase 2 of an attach).
-use anyhow::{Context as _, Result};
 use common::Attachment;
 use tracing::warn;
 
-use super::{link::unpin, link_pin, Datapath};
+use super::{
+    error::{Result, ResultExt as _},
+    link::unpin,
+    link_pin, Datapath,
+};
 use crate::{
     maps::Maps,
     nl::{Link, Rtnl},
@@ -38,7 +41,7 @@ pub(super) fn commit_switch(
         let _ = maps.tx_ports.remove(s.link.index);
         if let Err(e) = restore_peer(rtnl, &s.old) {
             // Keep what detach needs to retry.
-            warn!("{}: {e:#}", s.link.name);
+            warn!("{}: {}", s.link.name, e.chain());
             new.prep_flags = s.old.prep_flags;
         }
         maps.attachments
