@@ -2279,6 +2279,7 @@ fn flow_cases() -> Vec<Case> {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test.sh"]
 fn flow_rule_tcp_udp_icmp() {
     run_cases("flow_rule_tcp_udp_icmp", flow_cases);
 }
@@ -2304,6 +2305,7 @@ fn pin_to_cpu0() -> Result<()> {
 /// the kernel (where conntrack picks them up), counted as `flow_not_seen`: never dropped or
 /// misdelivered. Fills `FLOWS` to capacity from user space after a SYN.
 #[test]
+#[ignore = "needs root: run scripts/test.sh"]
 fn a_full_flow_table_sends_evicted_flows_to_the_kernel() {
     for_each_hook(
         "a_full_flow_table_sends_evicted_flows_to_the_kernel",
