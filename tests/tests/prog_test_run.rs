@@ -41,8 +41,11 @@ use aya::{
     Ebpf,
 };
 use common::{
-    map_names, pkt::ipv4_header_checksum, Attachment, Counter, Endpoint, Flow, FlowKey, Reason,
-    ATT_DATAPATH_TC, ATT_MODE_TCX, EP_F_MESHED, MAX_FLOWS,
+    map_names, Attachment, Counter, Endpoint, Flow, FlowKey, Reason, ATT_DATAPATH_TC, ATT_MODE_TCX,
+    EP_F_MESHED, MAX_FLOWS,
+};
+use integration_tests::frame::{
+    self, checksum, BROADCAST_MAC, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMPV6, IPPROTO_UDP,
 };
 use xdp_ctl::{EBPF_OBJECT, TC_PROGRAM, XDP_PROGRAM};
 
@@ -52,19 +55,14 @@ const TC_ACT_OK: u32 = 0;
 const TC_ACT_REDIRECT: u32 = 7;
 
 const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const ETH_P_LLDP: u16 = 0x88cc;
 
 const IPPROTO_HOPOPTS: u8 = 0;
 const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
 const IPPROTO_ROUTING: u8 = 43;
 const IPPROTO_FRAGMENT: u8 = 44;
-const IPPROTO_ICMPV6: u8 = 58;
 const IPPROTO_DSTOPTS: u8 = 60;
 
 /// An ifindex that no device has in a fresh network namespace.
@@ -79,7 +77,6 @@ const POD_B_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x01];
 const HOST_B_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xbb, 0x01];
 const POD_C_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0c, 0x01];
 const HOST_C_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xcc, 0x01];
-const BROADCAST_MAC: [u8; 6] = [0xff; 6];
 const V4_MCAST_MAC: [u8; 6] = [0x01, 0x00, 0x5e, 0x00, 0x00, 0x01];
 const V6_MCAST_MAC: [u8; 6] = [0x33, 0x33, 0x00, 0x00, 0x00, 0x01];
 
@@ -221,13 +218,9 @@ fn addr6(s: &str) -> [u8; 16] {
 // ---------------------------------------------------------------------------------------------
 // Frame builders.
 
+/// A frame from pod A's MAC (the builders of `integration_tests::frame`).
 fn ethernet(dst: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(ETH_HLEN + payload.len());
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&POD_A_MAC);
-    f.extend_from_slice(&ethertype.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
+    frame::ethernet(dst, POD_A_MAC, ethertype, payload)
 }
 
 fn len16(n: usize) -> u16 {
@@ -310,7 +303,8 @@ impl V4 {
         h.extend_from_slice(&self.src);
         h.extend_from_slice(&self.dst);
         h.extend_from_slice(&self.options);
-        let check = ipv4_header_checksum(&h);
+        // The reference RFC 1071 sum of the test crate, not the datapath's own helper.
+        let check = checksum(&h);
         h[10..12].copy_from_slice(&check.to_be_bytes());
         h.extend_from_slice(&self.payload);
         h
@@ -468,7 +462,8 @@ fn rewritten(frame: &[u8], ep: &EndpointSpec) -> Vec<u8> {
         ETH_P_IP => {
             f[ETH_HLEN + 8] -= 1;
             let hlen = usize::from(f[ETH_HLEN] & 0x0f) * 4;
-            let check = ipv4_header_checksum(&f[ETH_HLEN..ETH_HLEN + hlen]);
+            f[ETH_HLEN + 10..ETH_HLEN + 12].fill(0);
+            let check = checksum(&f[ETH_HLEN..ETH_HLEN + hlen]);
             f[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&check.to_be_bytes());
         }
         ETH_P_IPV6 => f[ETH_HLEN + 7] -= 1,
@@ -477,16 +472,10 @@ fn rewritten(frame: &[u8], ep: &EndpointSpec) -> Vec<u8> {
     f
 }
 
-/// True when the IPv4 header's one's complement sum, checksum included, is all ones.
+/// True when the IPv4 header's checksum is right: the sum over the header, checksum included,
+/// is all ones (its complement 0).
 fn ipv4_checksum_valid(header: &[u8]) -> bool {
-    let mut sum: u32 = header
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum == 0xffff
+    checksum(header) == 0
 }
 
 // ---------------------------------------------------------------------------------------------
