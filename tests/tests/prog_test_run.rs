@@ -2408,6 +2408,7 @@ fn update<K, V>(fd: std::os::fd::RawFd, key: &K, value: &V) -> Result<()> {
 /// oversize. The boundary is exact: an L3 packet of exactly the MTU is redirected. (Packets up
 /// to 1,280 bytes, IPv6's minimum MTU, skip the check: the target here has exactly that MTU.)
 #[test]
+#[ignore = "needs root: run scripts/test.sh"]
 fn a_frame_over_the_target_mtu_goes_to_the_kernel() {
     for_each_hook("a_frame_over_the_target_mtu_goes_to_the_kernel", |bench| {
         ip(&["link", "set", "xb", "mtu", "1280"])?;
