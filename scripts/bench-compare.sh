@@ -83,19 +83,9 @@ Examples:
 EOF
 }
 
-say() { printf '[bench-compare] %s\n' "$*"; }
-step() { printf '\n[bench-compare] === %s\n' "$*"; }
-warn() { printf '[bench-compare] WARNING: %s\n' "$*" >&2; }
-die() {
-  printf '[bench-compare] error: %s\n' "$*" >&2
-  exit 1
-}
-usage_error() {
-  printf '[bench-compare] error: %s\n' "$*" >&2
-  printf "Run '%s --help' for usage.\n" "$PROG" >&2
-  exit 2
-}
-is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
+TAG=bench-compare
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # --- arguments ------------------------------------------------------------------------------
 
@@ -110,24 +100,13 @@ BASELINE=""
 while [ $# -gt 0 ]; do
   case "$1" in
     -h | --help) usage; exit 0 ;;
-    --trials | --duration | --rules | --only | --json | --ctl | --baseline)
-      [ $# -ge 2 ] || usage_error "$1 needs a value"
-      case "$1" in
-        --ctl) CTL_ARG=$2 ;;
-        --baseline) BASELINE=$2 ;;
-        --trials) TRIALS=$2 ;;
-        --duration) DURATION=$2 ;;
-        --rules) RULES=$2 ;;
-        --only) ONLY=$2 ;;
-        --json) JSON_OUT=$2 ;;
-      esac
-      shift 2
-      ;;
-    --trials=*) TRIALS=${1#*=}; shift ;;
-    --duration=*) DURATION=${1#*=}; shift ;;
-    --rules=*) RULES=${1#*=}; shift ;;
-    --only=*) ONLY=${1#*=}; shift ;;
-    --json=*) JSON_OUT=${1#*=}; shift ;;
+    --ctl | --ctl=*) opt_arg "$@"; CTL_ARG=$OPTVAL; shift "$OPTSHIFT" ;;
+    --baseline | --baseline=*) opt_arg "$@"; BASELINE=$OPTVAL; shift "$OPTSHIFT" ;;
+    --trials | --trials=*) opt_arg "$@"; TRIALS=$OPTVAL; shift "$OPTSHIFT" ;;
+    --duration | --duration=*) opt_arg "$@"; DURATION=$OPTVAL; shift "$OPTSHIFT" ;;
+    --rules | --rules=*) opt_arg "$@"; RULES=$OPTVAL; shift "$OPTSHIFT" ;;
+    --only | --only=*) opt_arg "$@"; ONLY=$OPTVAL; shift "$OPTSHIFT" ;;
+    --json | --json=*) opt_arg "$@"; JSON_OUT=$OPTVAL; shift "$OPTSHIFT" ;;
     --quick) QUICK=1; shift ;;
     --no-build) BUILD=0; shift ;;
     --same-cpu) SAME_CPU=1; shift ;;

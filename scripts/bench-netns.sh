@@ -66,18 +66,10 @@ Examples:
 EOF
 }
 
-say() { printf '[bench-netns] %s\n' "$*" 2>/dev/null || true; }
-die() {
-  printf '[bench-netns] error: %s\n' "$*" >&2
-  exit 1
-}
-usage_error() {
-  printf '[bench-netns] error: %s\n' "$*" >&2
-  printf "Run '%s help' for usage.\n" "${PROG}" >&2
-  exit 2
-}
-
-is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
+TAG=bench-netns
+HELP=help
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # --- naming and addressing (pure helpers) -------------------------------------------------
 
@@ -401,25 +393,16 @@ while [ $# -gt 0 ]; do
       usage
       exit 0
       ;;
-    --name)
-      [ $# -ge 2 ] || usage_error "--name needs a value"
-      PREFIX=$2
-      shift 2
+    --name | --name=*)
+      opt_arg "$@"
+      PREFIX=$OPTVAL
+      shift "$OPTSHIFT"
       ;;
-    --name=*)
-      PREFIX=${1#--name=}
-      shift
-      ;;
-    --forward-rules)
+    --forward-rules | --forward-rules=*)
       [ "$CMD" = up ] || usage_error "--forward-rules only applies to 'up'"
-      [ $# -ge 2 ] || usage_error "--forward-rules needs a value"
-      RULES=$2
-      shift 2
-      ;;
-    --forward-rules=*)
-      [ "$CMD" = up ] || usage_error "--forward-rules only applies to 'up'"
-      RULES=${1#--forward-rules=}
-      shift
+      opt_arg "$@"
+      RULES=$OPTVAL
+      shift "$OPTSHIFT"
       ;;
     -*) usage_error "unknown option '$1'" ;;
     *)

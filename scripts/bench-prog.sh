@@ -13,8 +13,9 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-say() { printf '[bench-prog] %s\n' "$*"; }
-die() { printf '[bench-prog] error: %s\n' "$*" >&2; exit 1; }
+TAG=bench-prog
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 CTL=$ROOT/target/release/xdp-ctl
 BASELINE=""
@@ -22,16 +23,16 @@ DURATION=5
 TRIALS=3
 while [ $# -gt 0 ]; do
   case "$1" in
-    --ctl) CTL=$2; shift 2 ;;
-    --baseline) BASELINE=$2; shift 2 ;;
-    --duration) DURATION=$2; shift 2 ;;
-    --trials) TRIALS=$2; shift 2 ;;
+    --ctl | --ctl=*) opt_arg "$@"; CTL=$OPTVAL; shift "$OPTSHIFT" ;;
+    --baseline | --baseline=*) opt_arg "$@"; BASELINE=$OPTVAL; shift "$OPTSHIFT" ;;
+    --duration | --duration=*) opt_arg "$@"; DURATION=$OPTVAL; shift "$OPTSHIFT" ;;
+    --trials | --trials=*) opt_arg "$@"; TRIALS=$OPTVAL; shift "$OPTSHIFT" ;;
     -h | --help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) die "unknown argument '$1' (see --help)" ;;
+    *) usage_error "unknown argument '$1'" ;;
   esac
 done
 [ "$(id -u)" -eq 0 ] || die "run as root"
-for t in bpftool jq ip sockperf taskset; do command -v "$t" >/dev/null || die "'$t' not found (scripts/bootstrap.sh)"; done
+need_tools bpftool jq ip sockperf taskset
 [ -x "$CTL" ] || die "$CTL not found (cargo build --release -p xdp-ctl)"
 [ -z "$BASELINE" ] || [ -x "$BASELINE" ] || die "--baseline: $BASELINE is not an executable"
 [[ $DURATION =~ ^[0-9]+$ && $TRIALS =~ ^[0-9]+$ ]] || die "--duration and --trials take numbers"

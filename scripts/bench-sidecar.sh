@@ -8,6 +8,9 @@ shopt -s inherit_errexit
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PROG=$(basename "$0")
+TAG=bench-sidecar
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 usage() {
   cat <<EOF
 Usage: ${PROG} [--pods N]... [--seconds S] [--listeners K] [--no-build]
@@ -27,16 +30,16 @@ LISTENERS=0
 BUILD=1
 while [ $# -gt 0 ]; do
   case $1 in
-    --pods) PODS+=("$2"); shift 2 ;;
-    --seconds) SECONDS_SAMPLE=$2; shift 2 ;;
-    --listeners) LISTENERS=$2; shift 2 ;;
+    --pods | --pods=*) opt_arg "$@"; PODS+=("$OPTVAL"); shift "$OPTSHIFT" ;;
+    --seconds | --seconds=*) opt_arg "$@"; SECONDS_SAMPLE=$OPTVAL; shift "$OPTSHIFT" ;;
+    --listeners | --listeners=*) opt_arg "$@"; LISTENERS=$OPTVAL; shift "$OPTSHIFT" ;;
     --no-build) BUILD=0; shift ;;
     -h | --help | help) usage; exit 0 ;;
-    *) echo "${PROG}: unknown argument $1" >&2; usage >&2; exit 2 ;;
+    *) usage_error "unknown argument '$1'" ;;
   esac
 done
 [ ${#PODS[@]} -gt 0 ] || PODS=(110 1000)
-[ "$(id -u)" -eq 0 ] || { echo "${PROG}: run as root" >&2; exit 1; }
+[ "$(id -u)" -eq 0 ] || die "run as root"
 
 NAME=xsc$$
 PIN=/sys/fs/bpf/xfp-bench-sidecar-$$

@@ -4,8 +4,9 @@
 # benchmarks), rust-src for the nightly toolchain, and bpf-linker. Fast when already done.
 set -euo pipefail
 
-say() { printf '[bootstrap] %s\n' "$*"; }
-die() { printf '[bootstrap] error: %s\n' "$*" >&2; exit 1; }
+TAG=bootstrap
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 [ "$(id -u)" -eq 0 ] || die "run as root (apt-get and network namespaces need it)"
 
@@ -17,7 +18,7 @@ NIGHTLY=${XDP_FASTPATH_NIGHTLY:-nightly}
 APT_PKGS=(
   "llvm-${LLVM_MAJOR}-dev" "libpolly-${LLVM_MAJOR}-dev" libzstd-dev zlib1g-dev
   iproute2 iptables iputils-ping ethtool iperf3 sockperf netsniff-ng bpftool procps kmod
-  util-linux python3
+  util-linux python3 jq
 )
 
 missing=()

@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests, BPF_PROG_TEST_RUN tests, and integration tests on real
 # namespaces, veths and traffic. Run as root. Sets itself up via bootstrap.sh.
+#
+# Every test binary runs, even after one fails (--no-fail-fast), and the root-only tests,
+# which are #[ignore]d so that a plain `cargo test` reports them as ignored instead of passing
+# them silently, run too (--include-ignored). The closing line counts every test of every
+# binary: "total: N passed, N failed, N skipped" (skipped = ignored); a binary that died before
+# reporting counts as one failure. Extra arguments go to the test binaries (e.g. a name filter).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,10 +26,14 @@ echo "=== test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test -- "$@" 2>&1 | tee "$log"
+cargo test --no-fail-fast -- --include-ignored "$@" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
-# One closing line over every test binary (cargo's own last line is often an empty doc-test run).
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1); if ($(i) ~ /^ignored;?$/) s += $(i-1) } }
-     END { printf "total: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+# One closing line over every test binary (cargo's own last line is often an empty doc-test
+# run). Binaries are announced by "Running ..." / "Doc-tests ..." and close with "test result:".
+awk '/^ *(Running|Doc-tests) / { started++ }
+     /^test result:/ { ended++
+       for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1); if ($(i) ~ /^ignored;?$/) s += $(i-1) } }
+     END { if (started > ended) { printf "%d test binaries died without a result (counted as failed)\n", started - ended; f += started - ended }
+           printf "total: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
 exit "$rc"

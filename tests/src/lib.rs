@@ -44,7 +44,9 @@ pub fn is_root() -> bool {
 }
 
 /// For each scenario `fn NAME(dp: Datapath)` listed, generates the tests `xdp::NAME` and
-/// `tc::NAME`: one scenario, both datapaths, nothing copied.
+/// `tc::NAME`: one scenario, both datapaths, nothing copied. Like every root-only test they are
+/// `#[ignore]`d (reported as ignored by a plain `cargo test`) and fail if run without root
+/// (`scripts/test.sh` runs them as root with `--include-ignored`).
 #[macro_export]
 macro_rules! for_each_datapath {
     ($($scenario:ident),+ $(,)?) => {
@@ -55,6 +57,7 @@ macro_rules! for_each_datapath {
         mod $module {
             $(
                 #[test]
+                #[ignore = "needs root: run scripts/test.sh"]
                 fn $scenario() {
                     $crate::require_root!();
                     super::$scenario($crate::Datapath::$datapath);
@@ -64,19 +67,29 @@ macro_rules! for_each_datapath {
     };
 }
 
-/// Returns early from a test (with a message saying why) when not running as root.
+/// Fails the test when not running as root. Root-only tests are also marked
+/// `#[ignore = "needs root: run scripts/test.sh"]`, so that a plain `cargo test` reports them as
+/// ignored; whoever runs them anyway (`--include-ignored`) without root gets a failure, never a
+/// silent pass.
 #[macro_export]
 macro_rules! require_root {
     () => {
-        if !$crate::is_root() {
-            eprintln!(
-                "SKIPPED {}: needs root (network namespaces, XDP, bpffs); run as root, e.g. \
-                 scripts/test.sh",
-                module_path!()
-            );
-            return;
-        }
+        assert!(
+            $crate::is_root(),
+            "{}: needs root (network namespaces, XDP, bpffs); run scripts/test.sh as root",
+            module_path!()
+        );
     };
+}
+
+/// Fails the test unless `tool` is on `PATH` (scripts/bootstrap.sh installs every tool the
+/// tests use): a check that cannot run is a failure, not a silent pass.
+#[track_caller]
+pub fn require_tool(tool: &str) {
+    assert!(
+        run_args(&["sh", "-c", &format!("command -v {tool}")]).success(),
+        "{tool} is not installed; run scripts/bootstrap.sh (scripts/test.sh does)"
+    );
 }
 
 /// The workspace root (this crate lives in `<root>/tests`).

@@ -8,7 +8,7 @@
 //! Each test builds its own bench (unique prefix and pin dir, torn down on drop) and starts the
 //! controller through [`Controller`] (killed by pid on drop, before the bench goes). Traffic is
 //! proven to take the fast path the way `datapath.rs` does: the node's FORWARD chain DROPs
-//! pod-to-pod traffic. Needs root; skipped (with a message) otherwise.
+//! pod-to-pod traffic. Needs root: `#[ignore]`d, and failing without root (`scripts/test.sh`).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -34,8 +34,10 @@ for_each_datapath!(
 
 /// Bound for the controller to get ready on a small bench.
 const READY: Duration = Duration::from_secs(5);
-/// Bound for the maps to equal the truth after the last change.
-const CONVERGE: Duration = Duration::from_secs(2);
+/// Bound for the maps to equal the truth after the last change. The point is that events, not
+/// the periodic resync (30 s by default), drive convergence; typically well under a second, with
+/// room for a loaded 2-vCPU machine running the parallel suite.
+const CONVERGE: Duration = Duration::from_secs(10);
 /// Bound for transfers that must succeed.
 const T_OK: Duration = Duration::from_secs(5);
 /// How long the controller must stay idle to count as settled.
@@ -367,6 +369,7 @@ fn add_pod_routes(b: &Bench, i: u32, dev: &str) {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test.sh"]
 fn reused_ifindex_inherits_nothing() {
     require_root!();
     let b = Bench::up(3);
@@ -484,6 +487,7 @@ fn gro_and_tx_csum(b: &Bench, i: u32) -> (String, String) {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test.sh"]
 fn restart_after_ifindex_reuse_leaves_the_new_interface_alone() {
     require_root!();
     let b = Bench::up(2);
@@ -542,6 +546,7 @@ fn restart_after_ifindex_reuse_leaves_the_new_interface_alone() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[ignore = "needs root: run scripts/test.sh"]
 fn kill_9_keeps_the_flow_and_a_restart_converges() {
     require_root!();
     let b = Bench::up(3);
@@ -629,8 +634,11 @@ fn kill_9_keeps_the_flow_and_a_restart_converges() {
     let report = flow.finish().unwrap_or_else(|e| panic!("{e}"));
     eprintln!("flow across kill -9 and restart: {report}");
     assert!(report.complete(), "not every byte came back: {report}");
+    // The point of the test: forwarding never stops. A flow the datapath stopped carrying stands
+    // still until the end (the DROP rule eats its retransmissions); 3 s leaves room for the
+    // scheduling jitter of a loaded 2-vCPU machine.
     assert!(
-        report.longest_gap < Duration::from_secs(1),
+        report.longest_gap < Duration::from_secs(3),
         "the flow stood still for {:?}: {report}",
         report.longest_gap
     );
@@ -643,6 +651,7 @@ fn kill_9_keeps_the_flow_and_a_restart_converges() {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test.sh"]
 fn not_ready_until_the_first_reconcile_and_drift_is_repaired() {
     require_root!();
     let b = Bench::up(3);
@@ -681,9 +690,10 @@ fn not_ready_until_the_first_reconcile_and_drift_is_repaired() {
         "attached before the lock was released"
     );
 
+    // No bound of its own here: what matters is the order (not ready while locked, above).
     let released = Instant::now();
     drop(lock);
-    c.wait_ready(Duration::from_millis(1500));
+    c.wait_ready(READY);
     let took = released.elapsed();
     eprintln!("ready {took:?} after the lock was released");
     let want = b.expected_endpoints(&[1, 2, 3], true);
@@ -710,13 +720,15 @@ fn not_ready_until_the_first_reconcile_and_drift_is_repaired() {
         "02:00:00:ee:ee:ee",
     ]);
     let mut last = (Vec::new(), Value::Null);
-    let repaired = poll_until(Duration::from_secs(3), || {
+    // The CLI writes raise no netlink event, so only the periodic resync can repair them; the
+    // bound proves the 0.5 s interval (the default is 30 s) with room for a loaded machine.
+    let repaired = poll_until(Duration::from_secs(10), || {
         last = (ctl.endpoints(), controller_status(&ctl));
         (last.0 == want && num(&last.1, "drift_repaired") >= drift0 + 2).then(|| t0.elapsed())
     });
     let Some(took) = repaired else {
         panic!(
-            "drift not repaired (and counted) within 3 s: {}; controller: {}",
+            "drift not repaired (and counted) within 10 s: {}; controller: {}",
             endpoint_diff(&want, &last.0),
             last.1
         );
@@ -728,7 +740,7 @@ fn not_ready_until_the_first_reconcile_and_drift_is_repaired() {
         num(st, "resyncs")
     );
     assert!(
-        num(st, "last_resync_age_ms") < 1500,
+        num(st, "last_resync_age_ms") < 5000,
         "resyncs every 0.5 s, yet: {st}"
     );
     c.assert_log_clean();
@@ -813,6 +825,7 @@ fn detach_on_exit_leaves_nothing_behind(dp: Datapath) {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[ignore = "needs root: run scripts/test.sh"]
 fn bad_input_fails_cleanly() {
     require_root!();
     let b = Bench::up(1);

@@ -7,7 +7,7 @@
 //! down on drop) and drives the `xdp-ctl` binary (`$XDP_CTL_BIN`, else `target/<profile>/xdp-ctl`:
 //! build it first with `cargo build -p xdp-ctl`). Redirection is proven at the receiver: the
 //! node's FORWARD chain DROPs pod-to-pod traffic, so only the fast path can deliver it, and
-//! delivered payloads are checked byte for byte. Needs root; skipped (with a message) otherwise.
+//! delivered payloads are checked byte for byte. Needs root: `#[ignore]`d, failing without root.
 
 use std::{
     collections::BTreeMap,
@@ -100,7 +100,7 @@ fn grew(
 fn assert_blocked(b: &Bench, v6: bool, when: &str) {
     let (p1, p2) = (b.pod_ns(1), b.pod_ns(2));
     let dst = addr(b, 2, v6);
-    let t0 = Instant::now();
+    // No wall-clock bound: the helpers give up after T_BLOCKED; how fast they do is not the point.
     let tcp = tcp_echo(&p1, &p2, dst, 1000, T_BLOCKED);
     assert!(
         tcp.is_err(),
@@ -112,10 +112,6 @@ fn assert_blocked(b: &Bench, v6: bool, when: &str) {
         udp.is_err(),
         "{when}: {} UDP got through the FORWARD DROP rule: {udp:?}",
         family(v6)
-    );
-    assert!(
-        t0.elapsed() < 4 * T_BLOCKED + Duration::from_secs(2),
-        "blocked path did not fail fast"
     );
 }
 
@@ -657,10 +653,6 @@ fn assert_program_on_link(b: &Bench, iface: &str, dp: Datapath, prog: u64, when:
     }
 }
 
-fn have_bpftool() -> bool {
-    integration_tests::run_args(&["sh", "-c", "command -v bpftool"]).success()
-}
-
 /// No BPF program on any link of the node namespace: not in `ip -d link` (XDP), not in a TCX
 /// query, not in `bpftool net show`.
 #[track_caller]
@@ -670,7 +662,8 @@ fn assert_nothing_on_links(b: &Bench, when: &str) {
         progs.is_empty(),
         "{when}: programs are still on links: {progs:?}"
     );
-    if have_bpftool() {
+    {
+        integration_tests::require_tool("bpftool");
         let out = b.node_exec(&["bpftool", "-j", "net", "show"]);
         let v: Value = serde_json::from_str(&out)
             .unwrap_or_else(|e| panic!("bpftool -j net show is not JSON ({e}): {out}"));
@@ -837,15 +830,12 @@ fn cli_detach_restores_pods_and_removes_everything(dp: Datapath) {
     }
     assert_no_pins(b.pin_dir(), &format!("{dp}: after detach --all"));
     assert_nothing_on_links(&b, &format!("{dp}: after detach --all"));
-    if have_bpftool() {
-        for (kind, id) in ids {
-            assert!(
-                bpf_object_gone(kind, id),
-                "{dp}: {kind} id {id} still exists after detach --all"
-            );
-        }
-    } else {
-        eprintln!("bpftool not installed: not checking that programs and links were freed");
+    integration_tests::require_tool("bpftool");
+    for (kind, id) in ids {
+        assert!(
+            bpf_object_gone(kind, id),
+            "{dp}: {kind} id {id} still exists after detach --all"
+        );
     }
     // Detaching again is not an error... or at least not a crash.
     let out = ctl.run(&["detach", "--all"]);
@@ -853,6 +843,7 @@ fn cli_detach_restores_pods_and_removes_everything(dp: Datapath) {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test.sh"]
 fn cli_bad_input_fails_cleanly() {
     require_root!();
     let b = Bench::up(2);
@@ -986,6 +977,7 @@ fn switch_phase(
 /// except pod1 -> pod2 during the one-at-a-time switches: in that order, that direction never
 /// needs the kernel, so a moment without a program on a link would lose datagrams.
 #[test]
+#[ignore = "needs root: run scripts/test.sh"]
 fn switching_datapaths_under_traffic_loses_nothing() {
     use Datapath::{Tc, Xdp};
     require_root!();

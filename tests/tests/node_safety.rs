@@ -9,7 +9,7 @@
 //! `KUBE-FORWARD` first in FORWARD with `--ctstate INVALID -j DROP` and
 //! `--ctstate RELATED,ESTABLISHED -j ACCEPT`; `nf_conntrack_tcp_be_liberal=0` (the default).
 //! Everything is real: the kernel's NAT, conntrack and ICMP, in namespaces the tests create.
-//! Needs root; skipped (with a message) otherwise.
+//! Needs root: `#[ignore]`d, failing without root.
 
 use std::{
     io::{self, ErrorKind, Read, Write},

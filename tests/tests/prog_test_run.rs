@@ -23,7 +23,8 @@
 //! uses their ifindexes; the namespace and its devices disappear when the thread ends. Nothing is
 //! pinned (the object's maps are unpinned), nothing is attached, the host is not touched.
 //!
-//! Needs root; skipped (with a message) otherwise.
+//! Needs root: the tests are `#[ignore]`d, and fail when run without root (`scripts/test.sh`
+//! runs them as root with `--include-ignored`).
 
 use std::fmt::Write as _;
 use std::mem::size_of;
@@ -40,8 +41,11 @@ use aya::{
     Ebpf,
 };
 use common::{
-    map_names, pkt::ipv4_header_checksum, Attachment, Counter, Endpoint, Flow, FlowKey, Reason,
-    ATT_DATAPATH_TC, ATT_MODE_TCX, EP_F_MESHED, MAX_FLOWS,
+    map_names, Attachment, Counter, Endpoint, Flow, FlowKey, Reason, ATT_DATAPATH_TC, ATT_MODE_TCX,
+    EP_F_MESHED, MAX_FLOWS,
+};
+use integration_tests::frame::{
+    self, checksum, BROADCAST_MAC, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMPV6, IPPROTO_UDP,
 };
 use xdp_ctl::{EBPF_OBJECT, TC_PROGRAM, XDP_PROGRAM};
 
@@ -51,19 +55,14 @@ const TC_ACT_OK: u32 = 0;
 const TC_ACT_REDIRECT: u32 = 7;
 
 const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const ETH_P_LLDP: u16 = 0x88cc;
 
 const IPPROTO_HOPOPTS: u8 = 0;
 const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
 const IPPROTO_ROUTING: u8 = 43;
 const IPPROTO_FRAGMENT: u8 = 44;
-const IPPROTO_ICMPV6: u8 = 58;
 const IPPROTO_DSTOPTS: u8 = 60;
 
 /// An ifindex that no device has in a fresh network namespace.
@@ -78,7 +77,6 @@ const POD_B_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x01];
 const HOST_B_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xbb, 0x01];
 const POD_C_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0c, 0x01];
 const HOST_C_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xcc, 0x01];
-const BROADCAST_MAC: [u8; 6] = [0xff; 6];
 const V4_MCAST_MAC: [u8; 6] = [0x01, 0x00, 0x5e, 0x00, 0x00, 0x01];
 const V6_MCAST_MAC: [u8; 6] = [0x33, 0x33, 0x00, 0x00, 0x00, 0x01];
 
@@ -220,13 +218,9 @@ fn addr6(s: &str) -> [u8; 16] {
 // ---------------------------------------------------------------------------------------------
 // Frame builders.
 
+/// A frame from pod A's MAC (the builders of `integration_tests::frame`).
 fn ethernet(dst: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(ETH_HLEN + payload.len());
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&POD_A_MAC);
-    f.extend_from_slice(&ethertype.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
+    frame::ethernet(dst, POD_A_MAC, ethertype, payload)
 }
 
 fn len16(n: usize) -> u16 {
@@ -309,7 +303,8 @@ impl V4 {
         h.extend_from_slice(&self.src);
         h.extend_from_slice(&self.dst);
         h.extend_from_slice(&self.options);
-        let check = ipv4_header_checksum(&h);
+        // The reference RFC 1071 sum of the test crate, not the datapath's own helper.
+        let check = checksum(&h);
         h[10..12].copy_from_slice(&check.to_be_bytes());
         h.extend_from_slice(&self.payload);
         h
@@ -467,7 +462,8 @@ fn rewritten(frame: &[u8], ep: &EndpointSpec) -> Vec<u8> {
         ETH_P_IP => {
             f[ETH_HLEN + 8] -= 1;
             let hlen = usize::from(f[ETH_HLEN] & 0x0f) * 4;
-            let check = ipv4_header_checksum(&f[ETH_HLEN..ETH_HLEN + hlen]);
+            f[ETH_HLEN + 10..ETH_HLEN + 12].fill(0);
+            let check = checksum(&f[ETH_HLEN..ETH_HLEN + hlen]);
             f[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&check.to_be_bytes());
         }
         ETH_P_IPV6 => f[ETH_HLEN + 7] -= 1,
@@ -476,16 +472,10 @@ fn rewritten(frame: &[u8], ep: &EndpointSpec) -> Vec<u8> {
     f
 }
 
-/// True when the IPv4 header's one's complement sum, checksum included, is all ones.
+/// True when the IPv4 header's checksum is right: the sum over the header, checksum included,
+/// is all ones (its complement 0).
 fn ipv4_checksum_valid(header: &[u8]) -> bool {
-    let mut sum: u32 = header
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum == 0xffff
+    checksum(header) == 0
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1038,13 +1028,13 @@ fn hex(b: &[u8]) -> String {
     })
 }
 
-/// Skips (returns) when not root; otherwise runs `f` once per hook, each on a fresh bench in its
+/// Fails when not root; otherwise runs `f` once per hook, each on a fresh bench in its
 /// own private namespace, and fails listing every hook's failures.
 fn for_each_hook(test: &str, f: impl Fn(&Bench) -> Result<()> + Copy + Send + 'static) {
-    if !is_root() {
-        eprintln!("SKIPPED {test}: BPF_PROG_TEST_RUN and network namespaces need root");
-        return;
-    }
+    assert!(
+        is_root(),
+        "{test}: BPF_PROG_TEST_RUN and network namespaces need root; run scripts/test.sh"
+    );
     let failures: Vec<String> = Hook::ALL
         .into_iter()
         .filter_map(|hook| {
@@ -1139,6 +1129,7 @@ fn redirect_cases() -> Vec<Case> {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test.sh"]
 fn redirects_rewrite_macs_and_ttl() {
     run_cases("redirects_rewrite_macs_and_ttl", redirect_cases);
 }
@@ -1172,6 +1163,7 @@ fn tx_port_cases() -> Vec<Case> {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test.sh"]
 fn missing_tx_port_passes_unchanged() {
     run_cases("missing_tx_port_passes_unchanged", tx_port_cases);
 }
@@ -1349,6 +1341,7 @@ fn malformed_cases() -> Vec<Case> {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test.sh"]
 fn malformed_and_unsupported_headers_pass() {
     run_cases("malformed_and_unsupported_headers_pass", malformed_cases);
 }
@@ -1461,6 +1454,7 @@ fn not_unicast_cases() -> Vec<Case> {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test.sh"]
 fn non_unicast_and_ndp_pass() {
     run_cases("non_unicast_and_ndp_pass", not_unicast_cases);
 }
@@ -1618,6 +1612,7 @@ fn policy_cases() -> Vec<Case> {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test.sh"]
 fn endpoint_policy_and_ttl() {
     run_cases("endpoint_policy_and_ttl", policy_cases);
 }
@@ -1627,6 +1622,7 @@ fn endpoint_policy_and_ttl() {
 /// `EINVAL`). If a kernel ever accepts them, the program must count them as malformed and pass
 /// them.
 #[test]
+#[ignore = "needs root: run scripts/test.sh"]
 fn short_ethernet_frame() {
     for_each_hook("short_ethernet_frame", |bench| {
         let hook = bench.hook.name();
@@ -1654,11 +1650,12 @@ fn short_ethernet_frame() {
 /// - `ifindex` must name an existing device, fields the kernel does not take must be zero, and
 ///   bytes past the struct must be zero.
 #[test]
+#[ignore = "needs root: run scripts/test.sh"]
 fn tc_skb_ctx_rules() {
-    if !is_root() {
-        eprintln!("SKIPPED tc_skb_ctx_rules: BPF_PROG_TEST_RUN and network namespaces need root");
-        return;
-    }
+    assert!(
+        is_root(),
+        "tc_skb_ctx_rules: BPF_PROG_TEST_RUN and network namespaces need root; run scripts/test.sh"
+    );
     let result = in_private_netns("tc_skb_ctx_rules", || {
         let bench = Bench::new(Hook::Tc)?;
         let frame = V4::udp(v4(EP_A), v4(EP_B)).frame();
@@ -1796,6 +1793,7 @@ fn documented_malformed_cases() -> Vec<Case> {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test.sh"]
 fn documented_malformed_edge_cases() {
     run_cases(
         "documented_malformed_edge_cases",
@@ -2270,6 +2268,7 @@ fn flow_cases() -> Vec<Case> {
 }
 
 #[test]
+#[ignore = "needs root: run scripts/test.sh"]
 fn flow_rule_tcp_udp_icmp() {
     run_cases("flow_rule_tcp_udp_icmp", flow_cases);
 }
@@ -2295,6 +2294,7 @@ fn pin_to_cpu0() -> Result<()> {
 /// the kernel (where conntrack picks them up), counted as `flow_not_seen`: never dropped or
 /// misdelivered. Fills `FLOWS` to capacity from user space after a SYN.
 #[test]
+#[ignore = "needs root: run scripts/test.sh"]
 fn a_full_flow_table_sends_evicted_flows_to_the_kernel() {
     for_each_hook(
         "a_full_flow_table_sends_evicted_flows_to_the_kernel",
@@ -2408,6 +2408,7 @@ fn update<K, V>(fd: std::os::fd::RawFd, key: &K, value: &V) -> Result<()> {
 /// oversize. The boundary is exact: an L3 packet of exactly the MTU is redirected. (Packets up
 /// to 1,280 bytes, IPv6's minimum MTU, skip the check: the target here has exactly that MTU.)
 #[test]
+#[ignore = "needs root: run scripts/test.sh"]
 fn a_frame_over_the_target_mtu_goes_to_the_kernel() {
     for_each_hook("a_frame_over_the_target_mtu_goes_to_the_kernel", |bench| {
         ip(&["link", "set", "xb", "mtu", "1280"])?;

@@ -11,9 +11,11 @@ pub const TC_PROGRAM: &str = "tc_fastpath";
 
 pub mod attach;
 pub mod controller;
+pub mod datapath;
 pub mod ethtool;
 pub mod maps;
 pub mod netns;
 pub mod nl;
 pub mod ops;
 pub mod pin;
+pub mod pod;

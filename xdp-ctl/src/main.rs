@@ -1,9 +1,12 @@
-//! `xdp-ctl`: attach the xdp-fastpath datapath to pod veths and manage it.
+//! `xdp-ctl`: attach the xdp-fastpath datapath to pod veths and manage it. This file parses
+//! and dispatches; `output` renders.
+mod output;
+
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
-use serde_json::json;
+use output::Output;
 use xdp_ctl::{
     attach::{self, Datapath, Mode},
     controller::membership,
@@ -232,10 +235,6 @@ fn check_privileges() -> Result<()> {
     Ok(())
 }
 
-#[expect(
-    clippy::too_many_lines,
-    reason = "one flat dispatch over the subcommands reads best"
-)]
 fn run(cli: &Cli) -> Result<()> {
     check_privileges()?;
     if let Some(name) = &cli.netns {
@@ -244,263 +243,67 @@ fn run(cli: &Cli) -> Result<()> {
         netns::setns(&ns).with_context(|| format!("entering network namespace {name}"))?;
     }
     let pins = PinDir::new(&cli.pin_dir);
+    let out = Output::new(cli.json);
     match &cli.cmd {
         Cmd::Attach {
             datapath,
             mode,
             ifaces,
-        } => {
-            let reports = attach::attach(&pins, ifaces, *datapath, *mode)?;
-            if cli.json {
-                print_json(&json!({ "attached": reports }));
-            } else {
-                for r in &reports {
-                    match r.result {
-                        "already-attached" => println!(
-                            "{}: already attached ({} {}), nothing to do",
-                            r.iface,
-                            r.datapath.name(),
-                            r.mode
-                        ),
-                        result => println!(
-                            "{}: {result} ({} {}, link pinned at {})",
-                            r.iface,
-                            r.datapath.name(),
-                            r.mode,
-                            r.pin_path.display()
-                        ),
-                    }
-                }
-            }
-        }
+        } => out.attach(&attach::attach(&pins, ifaces, *datapath, *mode)?),
         Cmd::Detach { ifaces, all } => {
             let which = if *all { None } else { Some(ifaces.as_slice()) };
-            let reports = attach::detach(&pins, which)?;
-            if cli.json {
-                print_json(&json!({ "detached": reports }));
-            } else if reports.is_empty() {
-                println!(
-                    "nothing attached under {}: nothing to detach",
-                    pins.root().display()
-                );
-            } else {
-                for r in &reports {
-                    println!(
-                        "{}: detached {} ({} endpoints removed{})",
-                        r.iface,
-                        r.datapath,
-                        r.endpoints_removed,
-                        if r.pod_settings_restored {
-                            ", pod settings restored"
-                        } else {
-                            ""
-                        }
-                    );
-                }
-            }
+            out.detach(pins.root(), &attach::detach(&pins, which)?);
         }
-        Cmd::Endpoint(EndpointCmd::Add(a)) => {
-            let v = ops::endpoint_add(&pins, a.prefix, &a.iface, a.mac, !a.not_meshed)?;
-            if cli.json {
-                print_json(&json!({ "endpoint": v }));
-            } else {
-                println!(
-                    "{} -> {} (pod mac {}, {})",
-                    v.prefix,
-                    v.iface,
-                    v.pod_mac,
-                    if v.meshed { "meshed" } else { "not meshed" }
-                );
-            }
-        }
+        Cmd::Endpoint(EndpointCmd::Add(a)) => out.endpoint_added(&ops::endpoint_add(
+            &pins,
+            a.prefix,
+            &a.iface,
+            a.mac,
+            !a.not_meshed,
+        )?),
         Cmd::Endpoint(EndpointCmd::Del { prefix }) => {
             ops::endpoint_del(&pins, *prefix)?;
-            if cli.json {
-                print_json(&json!({ "deleted": prefix.to_string() }));
-            } else {
-                println!("{prefix} removed");
-            }
+            out.endpoint_deleted(*prefix);
         }
-        Cmd::Endpoint(EndpointCmd::List) => {
-            let list = ops::endpoint_list(&pins)?;
-            if cli.json {
-                print_json(&json!({ "endpoints": list }));
-            } else {
-                println!(
-                    "{:<24} {:<16} {:<18} {:<18} {:<7} WHY",
-                    "PREFIX", "IFACE", "POD MAC", "HOST MAC", "MESHED"
-                );
-                for e in &list {
-                    println!(
-                        "{:<24} {:<16} {:<18} {:<18} {:<7} {}",
-                        e.prefix,
-                        e.iface,
-                        e.pod_mac,
-                        e.host_mac,
-                        if e.meshed { "yes" } else { "no" },
-                        if e.sources.is_empty() {
-                            "-".to_string()
-                        } else {
-                            e.sources.join(",")
-                        }
-                    );
-                }
-            }
-        }
-        Cmd::Run(a) => {
-            let kube = if a.kube {
-                let node_name = a
-                    .node_name
-                    .clone()
-                    .filter(|n| !n.trim().is_empty())
-                    .context(
-                        "--kube needs this node's name: pass --node-name NAME or set NODE_NAME \
-                     (in a DaemonSet, from the downward API: spec.nodeName)",
-                    )?;
-                Some(membership::kube::KubeOptions {
-                    kubeconfig: a.kubeconfig.clone(),
-                    node_name,
-                })
-            } else {
-                None
-            };
-            let opts = xdp_ctl::controller::RunOptions {
-                config: xdp_ctl::controller::state::Config {
-                    iface_prefixes: a.iface_prefixes.clone(),
-                    meshed: a.meshed.clone(),
-                    exclude: a.exclude.clone(),
-                },
-                datapath: a.datapath,
-                mode: a.mode,
-                resync_interval: std::time::Duration::from_secs_f64(a.resync_interval),
-                detach_on_exit: a.detach_on_exit,
-                membership: membership::Options {
-                    sidecar_ports: a.sidecar_ports.clone(),
-                    sidecar_period: std::time::Duration::from_millis(500),
-                    kube,
-                },
-            };
-            xdp_ctl::controller::run(&pins, opts)?;
-        }
-        Cmd::Status => {
-            let st = ops::status(&pins)?;
-            if cli.json {
-                print_json(&st);
-            } else {
-                print_status(&st);
-            }
-        }
-        Cmd::Stats => {
-            let counters = ops::stats(&pins)?;
-            let table = ops::flow_table(&pins)?;
-            if cli.json {
-                let reasons: serde_json::Map<String, serde_json::Value> = counters
-                    .iter()
-                    .map(|(r, c)| {
-                        (
-                            r.name().to_string(),
-                            json!({ "packets": c.packets, "bytes": c.bytes }),
-                        )
-                    })
-                    .collect();
-                print_json(&json!({ "reasons": reasons, "flow_table": table }));
-            } else {
-                println!("{:<18} {:>14} {:>16}", "REASON", "PACKETS", "BYTES");
-                for (r, c) in &counters {
-                    println!("{:<18} {:>14} {:>16}", r.name(), c.packets, c.bytes);
-                }
-                println!(
-                    "flows: {} of {}; UDP sockets on the kernel path: {} of {}",
-                    table.flows,
-                    table.flows_capacity,
-                    table.kernel_sockets,
-                    table.kernel_sockets_capacity
-                );
-            }
-        }
+        Cmd::Endpoint(EndpointCmd::List) => out.endpoints(&ops::endpoint_list(&pins)?),
+        Cmd::Run(a) => xdp_ctl::controller::run(&pins, run_options(a)?)?,
+        Cmd::Status => out.status(&ops::status(&pins)?),
+        Cmd::Stats => out.stats(&ops::stats(&pins)?, &ops::flow_table(&pins)?),
     }
     Ok(())
 }
 
-fn print_status(st: &ops::Status) {
-    println!("pin dir: {}", st.pin_dir.display());
-    println!(
-        "endpoints: {} IPv4, {} IPv6",
-        st.endpoints_v4, st.endpoints_v6
-    );
-    if let Some(c) = &st.controller {
-        print_controller(c);
-    }
-    if let Some(m) = &st.membership {
-        if m.sources.is_empty() {
-            println!("membership: no source configured: no pod is meshed, nothing is fast-pathed");
-        } else {
-            println!(
-                "membership: {}{}; {} of {} endpoints meshed",
-                m.sources.join(", "),
-                if m.synced { "" } else { " (NOT SYNCED yet)" },
-                m.meshed_endpoints,
-                st.endpoints_v4 + st.endpoints_v6
-            );
-        }
-    }
-    if st.interfaces.is_empty() {
-        println!("no interfaces attached");
-        return;
-    }
-    println!(
-        "{:<16} {:>7} {:<8} {:<6} {:>7} {:>7} {:<9} PIN",
-        "IFACE", "IFINDEX", "DATAPATH", "MODE", "PROG", "LINK", "KIND"
-    );
-    let opt = |v: Option<u32>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
-    for i in &st.interfaces {
-        println!(
-            "{:<16} {:>7} {:<8} {:<6} {:>7} {:>7} {:<9} {}{}",
-            i.name,
-            i.ifindex,
-            i.datapath,
-            i.mode,
-            opt(i.program_id),
-            opt(i.link_id),
-            i.link_kind,
-            i.pin_path.display(),
-            if i.live {
-                ""
-            } else {
-                "  (STALE: interface gone or replaced)"
-            }
-        );
-    }
-}
-
-fn print_controller(c: &ops::ControllerView) {
-    if !c.running {
-        println!(
-            "controller: not running (last heartbeat {}s ago; the datapath keeps forwarding)",
-            c.heartbeat_age_ms / 1000
-        );
-        return;
-    }
-    let resync = c.last_resync_age_ms.map_or_else(
-        || "never".to_string(),
-        |ms| format!("{}.{}s ago", ms / 1000, ms % 1000 / 100),
-    );
-    println!(
-        "controller: pid {}, {}, {} interfaces, {} pending, last resync {resync}, {} resyncs, \
-         {} drift repaired, {} map writes",
-        c.pid,
-        if c.ready { "ready" } else { "NOT READY" },
-        c.interfaces,
-        c.pending,
-        c.resyncs,
-        c.drift_repaired,
-        c.map_writes
-    );
-}
-
-fn print_json(v: &impl serde::Serialize) {
-    match serde_json::to_string_pretty(v) {
-        Ok(s) => println!("{s}"),
-        Err(e) => eprintln!("xdp-ctl: error: encoding JSON: {e}"),
-    }
+fn run_options(a: &RunArgs) -> Result<xdp_ctl::controller::RunOptions> {
+    let kube = if a.kube {
+        let node_name = a
+            .node_name
+            .clone()
+            .filter(|n| !n.trim().is_empty())
+            .context(
+                "--kube needs this node's name: pass --node-name NAME or set NODE_NAME \
+             (in a DaemonSet, from the downward API: spec.nodeName)",
+            )?;
+        Some(membership::kube::KubeOptions {
+            kubeconfig: a.kubeconfig.clone(),
+            node_name,
+        })
+    } else {
+        None
+    };
+    Ok(xdp_ctl::controller::RunOptions {
+        config: xdp_ctl::controller::state::Config {
+            iface_prefixes: a.iface_prefixes.clone(),
+            meshed: a.meshed.clone(),
+            exclude: a.exclude.clone(),
+        },
+        datapath: a.datapath,
+        mode: a.mode,
+        resync_interval: std::time::Duration::from_secs_f64(a.resync_interval),
+        detach_on_exit: a.detach_on_exit,
+        membership: membership::Options {
+            sidecar_ports: a.sidecar_ports.clone(),
+            sidecar_period: std::time::Duration::from_millis(500),
+            kube,
+        },
+    })
 }

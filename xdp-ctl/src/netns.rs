@@ -12,18 +12,15 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use tracing::debug;
+
 use crate::nl::Rtnl;
 
 pub const NETNS_RUN_DIR: &str = "/run/netns";
 
 /// Moves the calling thread into network namespace `file`.
 pub fn setns(file: &File) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: plain syscall on a valid fd.
-    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
 }
 
 /// Opens the named namespace `/run/netns/NAME` (as created by `ip netns add`).
@@ -99,28 +96,69 @@ fn candidates() -> io::Result<Vec<PathBuf>> {
 /// Finds the namespace that our namespace knows as `nsid` (e.g. a veth's `IFLA_LINK_NETNSID`),
 /// by asking the kernel for the id of each candidate. Returns `None` if no candidate matches.
 pub fn find_by_nsid(rtnl: &mut Rtnl, nsid: i32) -> io::Result<Option<Namespace>> {
-    for path in candidates()? {
-        let Ok(file) = File::open(&path) else {
-            continue;
-        };
-        if rtnl.nsid_of(file.as_fd())? == Some(nsid) {
-            return Ok(Some(Namespace { path, file }));
-        }
-    }
-    Ok(None)
+    Ok(ids_of(rtnl, candidates()?)
+        .find(|(id, _)| *id == nsid)
+        .map(|(_, ns)| ns))
 }
 
 /// All namespaces that have an id in ours, by id: one pass over the candidates, so that
 /// finding the peers of N veths costs O(N), not O(N * namespaces).
 pub fn index_by_nsid(rtnl: &mut Rtnl) -> io::Result<HashMap<i32, Namespace>> {
     let mut index = HashMap::new();
-    for path in candidates()? {
-        let Ok(file) = File::open(&path) else {
-            continue;
-        };
-        if let Some(id) = rtnl.nsid_of(file.as_fd())? {
-            index.entry(id).or_insert(Namespace { path, file });
-        }
+    for (id, ns) in ids_of(rtnl, candidates()?) {
+        index.entry(id).or_insert(ns);
     }
     Ok(index)
+}
+
+/// The candidates that are namespaces with an id in ours, lazily, with that id.
+///
+/// Candidates that cannot be opened or asked about are skipped, not errors: other programs
+/// create and delete namespaces all the time. `ip netns add` creates `/run/netns/NAME` as a
+/// plain file before it bind-mounts the namespace on it, and `ip netns del` unmounts before it
+/// unlinks, so a listed entry can be a plain file for a moment; the kernel then answers
+/// `EINVAL` ("Peer netns reference is invalid"). Letting that fail the whole search made
+/// `detach` (and `run --detach-on-exit`) leave a pod's offloads unrestored whenever another
+/// namespace came or went at the same moment.
+fn ids_of(
+    rtnl: &mut Rtnl,
+    paths: Vec<PathBuf>,
+) -> impl Iterator<Item = (i32, Namespace)> + use<'_> {
+    paths.into_iter().filter_map(|path| {
+        let file = File::open(&path).ok()?;
+        match rtnl.nsid_of(file.as_fd()) {
+            Ok(Some(id)) => Some((id, Namespace { path, file })),
+            Ok(None) => None,
+            Err(e) => {
+                debug!(path = %path.display(), "not a namespace (any more?): {e}");
+                None
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A candidate that is a plain file (a `/run/netns` entry between `ip netns add`'s create
+    /// and its bind mount) is skipped, not an error that ends the search.
+    #[test]
+    fn a_plain_file_among_the_candidates_is_skipped() {
+        let dir = std::env::temp_dir().join(format!("xfp-netns-unit-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let plain = dir.join("half-made");
+        fs::write(&plain, b"").unwrap();
+        let mut rtnl = Rtnl::new().unwrap();
+        let file = File::open(&plain).unwrap();
+        assert!(
+            rtnl.nsid_of(file.as_fd()).is_err(),
+            "the kernel accepted a plain file as a namespace"
+        );
+        let found: Vec<i32> = ids_of(&mut rtnl, vec![plain.clone(), dir.join("gone")])
+            .map(|(id, _)| id)
+            .collect();
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(found.is_empty(), "{found:?}");
+    }
 }

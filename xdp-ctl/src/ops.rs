@@ -189,8 +189,10 @@ pub struct MembershipStatus {
 /// `xdp-ctl run` as seen from outside.
 #[derive(Debug, Serialize)]
 pub struct ControllerView {
-    /// The process exists and its heartbeat is recent.
+    /// A controller holds the pin directory's controller lock and its heartbeat is recent.
+    /// Judged without its PID, which means nothing in another PID namespace.
     pub running: bool,
+    /// As the controller sees itself (in its own PID namespace; 0 after a clean exit).
     pub pid: u32,
     /// The first full reconcile has been applied (and the controller is running).
     pub ready: bool,
@@ -199,6 +201,11 @@ pub struct ControllerView {
     pub endpoints_v6: u32,
     pub pending: u32,
     pub heartbeat_age_ms: u64,
+    /// When it started, in ms since the Unix epoch.
+    pub started_unix_ms: u64,
+    /// When its last full sync ended (the first one made it ready), in ms since the Unix epoch;
+    /// `None` before the first.
+    pub last_resync_unix_ms: Option<u64>,
     /// `None` before the first resync.
     pub last_resync_age_ms: Option<u64>,
     pub resyncs: u64,
@@ -210,7 +217,8 @@ pub struct ControllerView {
 /// A heartbeat older than this means the controller is gone or stuck.
 const HEARTBEAT_STALE_MS: u64 = 5_000;
 
-fn controller_view(st: &ControllerState) -> Option<ControllerView> {
+/// `held`: some process holds the controller lock ([`PinDir::controller_running`]).
+fn controller_view(st: &ControllerState, held: bool) -> Option<ControllerView> {
     if st.started_unix_ms == 0 {
         return None;
     }
@@ -218,9 +226,9 @@ fn controller_view(st: &ControllerState) -> Option<ControllerView> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let heartbeat_age_ms = now.saturating_sub(st.heartbeat_unix_ms);
-    let running = st.pid != 0
-        && std::path::Path::new(&format!("/proc/{}", st.pid)).exists()
-        && heartbeat_age_ms < HEARTBEAT_STALE_MS;
+    // The lock says a controller process lives (released by the kernel however it exits); the
+    // heartbeat says its loop still ticks.
+    let running = held && heartbeat_age_ms < HEARTBEAT_STALE_MS;
     Some(ControllerView {
         running,
         pid: st.pid,
@@ -230,6 +238,8 @@ fn controller_view(st: &ControllerState) -> Option<ControllerView> {
         endpoints_v6: st.endpoints_v6,
         pending: st.pending,
         heartbeat_age_ms,
+        started_unix_ms: st.started_unix_ms,
+        last_resync_unix_ms: (st.last_resync_unix_ms != 0).then_some(st.last_resync_unix_ms),
         last_resync_age_ms: (st.last_resync_unix_ms != 0)
             .then(|| now.saturating_sub(st.last_resync_unix_ms)),
         resyncs: st.resyncs,
@@ -253,7 +263,7 @@ pub fn status(pins: &PinDir) -> Result<Status> {
         return Ok(st);
     }
     let maps = Maps::open_pinned(pins)?;
-    st.controller = controller_view(&maps.controller_state());
+    st.controller = controller_view(&maps.controller_state(), pins.controller_running()?);
     let mut rtnl = Rtnl::new().context("opening rtnetlink")?;
     for att in maps.attachments()? {
         let datapath = Datapath::from_att(att.datapath).unwrap_or(Datapath::Xdp);

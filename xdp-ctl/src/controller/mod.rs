@@ -33,10 +33,10 @@ use self::{
     state::{plan, plan_members, Config, LinkFacts, Node},
 };
 use crate::{
-    attach::{self, Attacher, Datapath, Mode},
+    attach::{self, AttachResult, Attacher, Datapath, Mode},
     maps::Prefix,
     nl::{self, Link, Rtnl},
-    pin::PinDir,
+    pin::{PinDir, PinLock},
 };
 
 pub struct RunOptions {
@@ -185,6 +185,8 @@ struct Controller {
     realized_members: HashMap<Prefix, u32>,
     /// The first full reconcile has been applied (ready once the sources synced too).
     synced: bool,
+    /// Tells `status` we run, for as long as this process lives (`PinDir::hold_controller`).
+    _alive: PinLock,
 }
 
 impl Controller {
@@ -199,6 +201,7 @@ impl Controller {
         let members_map = MembershipMap::open_or_create(pins)?;
         let (membership, updates) =
             Membership::start(&opts.membership, !opts.config.meshed.is_empty())?;
+        let alive = pins.hold_controller()?;
         let now = now_ms();
         let mut c = Controller {
             pins: pins.clone(),
@@ -220,6 +223,7 @@ impl Controller {
             members_map,
             realized_members: HashMap::new(),
             synced: false,
+            _alive: alive,
         };
         c.publish();
         Ok((c, updates))
@@ -589,7 +593,7 @@ impl Controller {
         {
             match r {
                 Ok(()) => debug!(iface = %l.name, "pod side up: GRO re-applied"),
-                Err(e) => warn!("{e:#}"),
+                Err(e) => warn!("{}", e.chain()),
             }
         }
     }
@@ -603,7 +607,7 @@ impl Controller {
         let reports = match self.attacher.attach(&mut self.rtnl, links) {
             Ok(r) => r,
             Err(e) => {
-                debug!("batch attach failed, retrying one by one: {e:#}");
+                debug!("batch attach failed, retrying one by one: {}", e.chain());
                 let mut all = Vec::new();
                 for l in links {
                     match self
@@ -611,7 +615,7 @@ impl Controller {
                         .attach(&mut self.rtnl, std::slice::from_ref(l))
                     {
                         Ok(r) => all.extend(r),
-                        Err(e) => warn!("{}: {e:#}", l.name),
+                        Err(e) => warn!("{}: {}", l.name, e.chain()),
                     }
                 }
                 all
@@ -620,14 +624,14 @@ impl Controller {
         let mut changed = 0;
         for r in reports {
             match r.result {
-                "already-attached" => {}
-                "replaced-stale" => {
+                AttachResult::AlreadyAttached => {}
+                AttachResult::ReplacedStale => {
                     // Attach dropped the old interface's entries from the maps.
                     self.realized.retain(|_, ep| ep.ifindex != r.ifindex);
                     changed += 1;
                 }
                 _ => {
-                    info!(iface = %r.iface, datapath = r.datapath.name(), result = r.result, "attached");
+                    info!(iface = %r.iface, datapath = r.datapath.name(), result = r.result.name(), "attached");
                     changed += 1;
                 }
             }
