@@ -441,16 +441,16 @@ pub mod pkt {
 
     /// The bytes of [`AddrWords`](super::AddrWords), in packet order.
     #[inline(always)]
-    pub const fn addr_bytes(w: &super::AddrWords) -> [u8; 16] {
-        let (a, b, c, d) = (
-            w[0].to_ne_bytes(),
-            w[1].to_ne_bytes(),
-            w[2].to_ne_bytes(),
-            w[3].to_ne_bytes(),
+    pub const fn addr_bytes(words: &super::AddrWords) -> [u8; 16] {
+        let (w0, w1, w2, w3) = (
+            words[0].to_ne_bytes(),
+            words[1].to_ne_bytes(),
+            words[2].to_ne_bytes(),
+            words[3].to_ne_bytes(),
         );
         [
-            a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1],
-            d[2], d[3],
+            w0[0], w0[1], w0[2], w0[3], w1[0], w1[1], w1[2], w1[3], w2[0], w2[1], w2[2], w2[3],
+            w3[0], w3[1], w3[2], w3[3],
         ]
     }
 
@@ -620,36 +620,36 @@ mod tests {
 
     #[test]
     fn flow_keys_are_direction_independent() {
-        let w = |b: [u8; 4]| {
-            let mut x = [0u8; 16];
-            x[..4].copy_from_slice(&b);
-            pkt::addr_words(&x)
+        let v4 = |octets: [u8; 4]| {
+            let mut bytes = [0u8; 16];
+            bytes[..4].copy_from_slice(&octets);
+            pkt::addr_words(&bytes)
         };
         let port = |p: u16| u16::from_ne_bytes(p.to_be_bytes());
-        let (a, b) = (w([10, 244, 0, 1]), w([10, 244, 0, 2]));
-        let (k1, a_lo) = FlowKey::new(FAMILY_V4, 6, &a, port(40000), &b, port(80));
-        let (k2, b_lo) = FlowKey::new(FAMILY_V4, 6, &b, port(80), &a, port(40000));
+        let (pod_a, pod_b) = (v4([10, 244, 0, 1]), v4([10, 244, 0, 2]));
+        let (k1, a_lo) = FlowKey::new(FAMILY_V4, 6, &pod_a, port(40000), &pod_b, port(80));
+        let (k2, b_lo) = FlowKey::new(FAMILY_V4, 6, &pod_b, port(80), &pod_a, port(40000));
         assert_eq!(k1, k2);
         assert!(a_lo && !b_lo);
-        assert_eq!(k1.lo_addr, a);
+        assert_eq!(k1.lo_addr, pod_a);
         assert_eq!(k1.lo_port, port(40000));
         // Same address (not a real pod pair, but the order must still be total): ports decide,
         // as numbers (81 > 80 although its low byte is larger in memory too; 256 > 255 is the
         // case where the memory order would disagree).
-        let (k3, lo) = FlowKey::new(FAMILY_V4, 6, &a, port(256), &a, port(255));
+        let (k3, lo) = FlowKey::new(FAMILY_V4, 6, &pod_a, port(256), &pod_a, port(255));
         assert!(!lo);
         assert_eq!(k3.lo_port, port(255));
         // Addresses compare as big-endian numbers: 10.244.1.0 > 10.244.0.255.
         assert!(pkt::end_lt(
-            &w([10, 244, 0, 255]),
+            &v4([10, 244, 0, 255]),
             0,
-            &w([10, 244, 1, 0]),
+            &v4([10, 244, 1, 0]),
             0
         ));
         assert!(!pkt::end_lt(
-            &w([10, 244, 1, 0]),
+            &v4([10, 244, 1, 0]),
             0,
-            &w([10, 244, 0, 255]),
+            &v4([10, 244, 0, 255]),
             0
         ));
         // The low words of an IPv6 address decide when the high ones are equal.
