@@ -50,7 +50,6 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-[ -z "${BENCH_PROG_DEBUG:-}" ] || trap - EXIT
 
 STATS_WAS=$(sysctl -n kernel.bpf_stats_enabled)
 SERVER_PID=""
