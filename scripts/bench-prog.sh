@@ -50,6 +50,8 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 STATS_WAS=$(sysctl -n kernel.bpf_stats_enabled)
 SERVER_PID=""
