@@ -1,7 +1,6 @@
 //! Folding netlink events and membership answers into the model (`state::Node`).
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::RouteNetlinkMessage;
-use tracing::warn;
 
 use super::{membership::Update, state::LinkFacts, Controller};
 use crate::nl::{self, Link};
@@ -17,8 +16,9 @@ impl Controller {
         }
         if !was_synced && self.membership.synced() && self.synced {
             // Apply the sources' first answer before saying ready.
-            if let Err(e) = self.reconcile_dirty() {
-                warn!("reconcile failed (the next resync retries): {e:#}");
+            self.reconcile_logged();
+            if self.stopping() {
+                return;
             }
             self.state.ready = 1;
             self.publish();

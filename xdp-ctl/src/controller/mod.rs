@@ -8,6 +8,15 @@
 //! triggers one at once. Everything it creates is pinned, so `kill -9` leaves forwarding
 //! running and a new controller adopts it without a gap.
 //!
+//! Netlink, one design: requests and dumps go through the synchronous client of `crate::nl`,
+//! the same one the one-shot CLI commands use; only the multicast event subscription uses the
+//! async `rtnetlink` crate, because it is the one socket that must be read while the loop waits
+//! on timers, signals and the membership sources. Everything the controller does to the node
+//! (those requests, ethtool in pod namespaces, map writes, attach) blocks, so each step runs on
+//! tokio's blocking pool (`Controller::off_runtime`) while the runtime keeps draining events and
+//! watching for SIGTERM/SIGINT; a signal during a long step (the first sync with many pods)
+//! makes it stop at the next interface, and the controller shuts down at once.
+//!
 //! This module holds the actor loop and the controller's start and stop; the rest, one concern
 //! each: `events` (netlink events and membership answers into the model), `reconcile` (dirty
 //! keys to maps and interfaces), `resync` (dump-and-diff, drift), `report` (the published
@@ -21,6 +30,10 @@ pub mod state;
 
 use std::{
     collections::{HashMap, HashSet},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 
@@ -29,7 +42,7 @@ use common::{ControllerState, Endpoint};
 use futures::StreamExt as _;
 use netlink_sys::AsyncSocket as _;
 use tokio::{
-    signal::unix::{signal, SignalKind},
+    signal::unix::{signal, Signal, SignalKind},
     time::{sleep_until, Instant},
 };
 use tracing::{info, warn};
@@ -80,6 +93,8 @@ pub fn run(pins: &PinDir, opts: RunOptions) -> Result<()> {
 }
 
 async fn run_async(pins: &PinDir, opts: RunOptions) -> Result<()> {
+    // First: from the moment `status` can see us, SIGTERM must stop us cleanly.
+    let mut signals = Signals::new()?;
     pins.check_bpffs()?;
     // Subscribe before the initial dump, so nothing is missed between the two.
     let (mut conn, _handle, mut events) =
@@ -100,15 +115,15 @@ async fn run_async(pins: &PinDir, opts: RunOptions) -> Result<()> {
     tokio::spawn(conn);
 
     let (mut c, mut updates) = Controller::start(pins, opts)?;
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
 
-    // The first full reconcile; not ready before it is applied.
-    tokio::select! {
-        r = async { c.full_sync(false) } => r?,
-        _ = term.recv() => return c.shutdown(),
-        _ = int.recv() => return c.shutdown(),
+    // The first full reconcile; not ready before it is applied. A SIGTERM meanwhile stops it
+    // at the next interface (with many pods it takes a while).
+    let r;
+    (c, r) = c.off_runtime(&mut signals, |c| c.full_sync(false)).await;
+    if c.stopping() {
+        return c.shutdown_off_runtime().await;
     }
+    r?;
     c.log_ready();
 
     let mut resync = tokio::time::interval_at(
@@ -118,7 +133,7 @@ async fn run_async(pins: &PinDir, opts: RunOptions) -> Result<()> {
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     let mut deadline: Option<Instant> = None;
     let mut first_pending: Option<Instant> = None;
-    loop {
+    while !c.stopping() {
         let debounce = async {
             match deadline {
                 Some(d) => sleep_until(d).await,
@@ -130,9 +145,11 @@ async fn run_async(pins: &PinDir, opts: RunOptions) -> Result<()> {
                 let Some((msg, _)) = ev else {
                     return Err(anyhow!("the rtnetlink event socket closed"));
                 };
-                if c.apply_event(msg) {
+                let overrun;
+                (c, overrun) = c.off_runtime(&mut signals, |c| c.apply_event(msg)).await;
+                if overrun {
                     warn!("netlink overrun: events were lost, resyncing now");
-                    c.resync_logged();
+                    (c, ()) = c.off_runtime(&mut signals, Controller::resync_logged).await;
                     deadline = None;
                     first_pending = None;
                 } else if c.node.has_dirty() {
@@ -144,25 +161,51 @@ async fn run_async(pins: &PinDir, opts: RunOptions) -> Result<()> {
             () = debounce => {
                 deadline = None;
                 first_pending = None;
-                if let Err(e) = c.reconcile_dirty() {
-                    warn!("reconcile failed (the next resync retries): {e:#}");
-                }
+                (c, ()) = c.off_runtime(&mut signals, Controller::reconcile_logged).await;
             }
             u = updates.next() => {
-                c.apply_membership(u);
+                (c, ()) = c.off_runtime(&mut signals, |c| c.apply_membership(u)).await;
                 if c.node.has_dirty() {
                     let now = Instant::now();
                     let first = *first_pending.get_or_insert(now);
                     deadline = Some((now + DEBOUNCE).min(first + MAX_DELAY));
                 }
             }
-            _ = resync.tick() => c.resync_logged(),
+            _ = resync.tick() => {
+                (c, ()) = c.off_runtime(&mut signals, Controller::resync_logged).await;
+            }
             _ = heartbeat.tick() => c.publish(),
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            () = signals.recv() => c.stop(),
         }
     }
-    c.shutdown()
+    c.shutdown_off_runtime().await
+}
+
+/// A step left early because the controller is stopping.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped by a signal")]
+struct Stopped;
+
+/// SIGTERM and SIGINT, either of which stops the controller.
+struct Signals {
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
 
 struct Controller {
@@ -188,6 +231,9 @@ struct Controller {
     synced: bool,
     /// Tells `status` we run, for as long as this process lives (`PinDir::hold_controller`).
     _alive: PinLock,
+    /// Set on SIGTERM or SIGINT; long steps (a full sync, an attach batch) stop at the next
+    /// interface (`Attacher::attach_until`).
+    stop: Arc<AtomicBool>,
 }
 
 impl Controller {
@@ -225,12 +271,53 @@ impl Controller {
             realized_members: HashMap::new(),
             synced: false,
             _alive: alive,
+            stop: Arc::new(AtomicBool::new(false)),
         };
         c.publish();
         Ok((c, updates))
     }
 
-    pub(super) fn shutdown(mut self) -> Result<()> {
+    /// Runs one step of the controller (netlink, ethtool in pod namespaces, map and link
+    /// calls: all blocking) on tokio's blocking pool, so that the runtime never blocks: the
+    /// event connection keeps draining its socket meanwhile, and a SIGTERM or SIGINT is seen at
+    /// once. It sets `stop`, which the step checks at each interface, and the step's result
+    /// comes back with the controller; the caller checks `stopping()`.
+    async fn off_runtime<T: Send + 'static>(
+        mut self,
+        signals: &mut Signals,
+        f: impl FnOnce(&mut Self) -> T + Send + 'static,
+    ) -> (Self, T) {
+        let stop = Arc::clone(&self.stop);
+        let mut task = tokio::task::spawn_blocking(move || {
+            let r = f(&mut self);
+            (self, r)
+        });
+        let done = tokio::select! {
+            done = &mut task => done,
+            () = signals.recv() => {
+                stop.store(true, Ordering::Relaxed);
+                task.await
+            }
+        };
+        done.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    pub(super) fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// `shutdown`, off the runtime too (`--detach-on-exit` restores every pod).
+    async fn shutdown_off_runtime(self) -> Result<()> {
+        tokio::task::spawn_blocking(move || self.shutdown())
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
+    fn shutdown(mut self) -> Result<()> {
         if self.opts.detach_on_exit {
             let _lock = self.pins.lock()?;
             let all = self.attacher.maps.attachments()?;

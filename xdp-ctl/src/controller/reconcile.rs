@@ -7,7 +7,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     state::{plan, plan_members},
-    Controller,
+    Controller, Stopped,
 };
 use crate::{
     attach::{self, AttachResult, Datapath},
@@ -16,6 +16,14 @@ use crate::{
 };
 
 impl Controller {
+    pub(super) fn reconcile_logged(&mut self) {
+        if let Err(e) = self.reconcile_dirty() {
+            if !self.stopping() {
+                warn!("reconcile failed (the next resync retries): {e:#}");
+            }
+        }
+    }
+
     pub(super) fn reconcile_dirty(&mut self) -> Result<()> {
         if !self.node.has_dirty() {
             return Ok(());
@@ -59,6 +67,9 @@ impl Controller {
             }
         }
         writes += self.attach_batch(&to_attach);
+        if self.stopping() {
+            return Err(Stopped.into());
+        }
         self.refresh_carrier_up(links);
 
         // 2. Endpoints: adds and changes first, then deletes.
@@ -186,12 +197,18 @@ impl Controller {
         if links.is_empty() {
             return 0;
         }
-        let reports = match self.attacher.attach(&mut self.rtnl, links) {
+        let reports = match self
+            .attacher
+            .attach_until(&mut self.rtnl, links, &self.stop)
+        {
             Ok(r) => r,
             Err(e) => {
                 debug!("batch attach failed, retrying one by one: {}", e.chain());
                 let mut all = Vec::new();
                 for l in links {
+                    if self.stopping() {
+                        break;
+                    }
                     match self
                         .attacher
                         .attach(&mut self.rtnl, std::slice::from_ref(l))

@@ -5,11 +5,14 @@ use anyhow::{Context as _, Result};
 use netlink_packet_route::AddressFamily;
 use tracing::{debug, warn};
 
-use super::{report::now_ms, state::Node, Controller};
+use super::{report::now_ms, state::Node, Controller, Stopped};
 
 impl Controller {
     pub(super) fn resync_logged(&mut self) {
         if let Err(e) = self.full_sync(true) {
+            if self.stopping() {
+                return;
+            }
             warn!("resync failed (retrying at the next one): {e:#}");
         }
     }
@@ -23,6 +26,9 @@ impl Controller {
         let mut node = Node::default();
         let links = self.rtnl.links().context("dumping links")?;
         for l in &links {
+            if self.stopping() {
+                return Err(Stopped.into());
+            }
             let f = self.facts(l);
             node.upsert_link(f);
         }
