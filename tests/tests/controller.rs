@@ -12,7 +12,6 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
     os::unix::process::ExitStatusExt,
     path::{Path, PathBuf},
     thread,
@@ -44,14 +43,6 @@ const T_OK: Duration = Duration::from_secs(5);
 const IDLE: Duration = Duration::from_millis(300);
 /// Progress the TCP flow of the kill -9 test must make at each stage (bytes echoed).
 const STEP: u64 = 256 * 1024;
-
-fn addr(b: &Bench, i: u32, v6: bool) -> IpAddr {
-    if v6 {
-        b.pod_v6(i).into()
-    } else {
-        b.pod_v4(i).into()
-    }
-}
 
 /// A numeric field of the `status --json` controller object.
 #[track_caller]
@@ -168,7 +159,7 @@ fn assert_fast_path(b: &Bench, from: u32, to: u32, when: &str) {
     let before = b.all_stats();
     let drops = b.forward_drops();
     for v6 in [false, true] {
-        let dst = addr(b, to, v6);
+        let dst = b.pod_addr(to, v6);
         tcp_echo(&b.pod_ns(from), &b.pod_ns(to), dst, BYTES, T_OK).unwrap_or_else(|e| {
             panic!(
                 "{when}: TCP pod{from} -> pod{to} [{dst}] did not get through: {e} (counters: {})",
