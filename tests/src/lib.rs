@@ -429,6 +429,15 @@ impl Bench {
         Ipv4Addr::new(10, 244, ((i >> 8) & 0xff) as u8, (i & 0xff) as u8)
     }
 
+    /// Pod `i`'s IPv6 (`v6`) or IPv4 address.
+    pub fn pod_addr(&self, i: u32, v6: bool) -> IpAddr {
+        if v6 {
+            self.pod_v6(i).into()
+        } else {
+            self.pod_v4(i).into()
+        }
+    }
+
     pub fn pod_v6(&self, i: u32) -> Ipv6Addr {
         self.check_pod(i);
         Self::v6_of(i)

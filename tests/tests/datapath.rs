@@ -45,14 +45,6 @@ const TCP_BYTES: usize = 256 * 1024;
 const UDP_COUNT: u32 = 20;
 const UDP_SIZE: usize = 1000;
 
-fn addr(b: &Bench, i: u32, v6: bool) -> IpAddr {
-    if v6 {
-        b.pod_v6(i).into()
-    } else {
-        b.pod_v4(i).into()
-    }
-}
-
 /// The DROP-rule hit count of one address family from `Bench::forward_drops`.
 fn family_drops((v4, v6_hits): (u64, u64), v6: bool) -> u64 {
     if v6 {
@@ -99,7 +91,7 @@ fn grew(
 /// fast path is not there).
 fn assert_blocked(b: &Bench, v6: bool, when: &str) {
     let (p1, p2) = (b.pod_ns(1), b.pod_ns(2));
-    let dst = addr(b, 2, v6);
+    let dst = b.pod_addr(2, v6);
     // No wall-clock bound: the helpers give up after T_BLOCKED; how fast they do is not the point.
     let tcp = tcp_echo(&p1, &p2, dst, 1000, T_BLOCKED);
     assert!(
@@ -119,7 +111,7 @@ fn fast_path_bypasses_forward_drop(dp: Datapath, v6: bool) {
     let b = Bench::up(2);
     let fam = format!("{dp} {}", family(v6));
     let (p1, p2) = (b.pod_ns(1), b.pod_ns(2));
-    let (src, dst) = (addr(&b, 1, v6), addr(&b, 2, v6));
+    let (src, dst) = (b.pod_addr(1, v6), b.pod_addr(2, v6));
 
     // The kernel path works, so the bench is sound...
     udp_echo(&p1, &p2, dst, 3, 100, T_OK)
@@ -221,7 +213,7 @@ fn jumbo_mtu_pods_are_fast_pathed(dp: Datapath) {
         let fam = format!("{dp} {} MTU {MTU}", family(v6));
         let before = b.all_stats();
         let drops_before = b.forward_drops();
-        let dst = addr(&b, 2, v6);
+        let dst = b.pod_addr(2, v6);
         let fail = |what: &str, e: String| -> ! {
             panic!(
                 "{fam} {what}: {e} (counters: {})",
@@ -294,22 +286,22 @@ fn not_meshed_pods_meet_netfilter(dp: Datapath) {
     for v6 in [false, true] {
         let fam = format!("{dp} {}", family(v6));
         // Control: meshed to meshed is fast-pathed through the DROP rule.
-        udp_echo(&p1, &p2, addr(&b, 2, v6), 3, 100, T_OK)
+        udp_echo(&p1, &p2, b.pod_addr(2, v6), 3, 100, T_OK)
             .unwrap_or_else(|e| panic!("{fam} control (meshed pod1 -> pod2) failed: {e}"));
 
         let before = b.all_stats();
         let drops_before = b.forward_drops();
-        let to_unmeshed = udp_echo(&p1, &p3, addr(&b, 3, v6), 2, 100, T_BLOCKED);
+        let to_unmeshed = udp_echo(&p1, &p3, b.pod_addr(3, v6), 2, 100, T_BLOCKED);
         assert!(
             to_unmeshed.is_err(),
             "{fam} UDP to a not-meshed pod bypassed netfilter"
         );
-        let tcp = tcp_echo(&p1, &p3, addr(&b, 3, v6), 1000, T_BLOCKED);
+        let tcp = tcp_echo(&p1, &p3, b.pod_addr(3, v6), 1000, T_BLOCKED);
         assert!(
             tcp.is_err(),
             "{fam} TCP to a not-meshed pod bypassed netfilter"
         );
-        let from_unmeshed = udp_echo(&p3, &p1, addr(&b, 1, v6), 2, 100, T_BLOCKED);
+        let from_unmeshed = udp_echo(&p3, &p1, b.pod_addr(1, v6), 2, 100, T_BLOCKED);
         assert!(
             from_unmeshed.is_err(),
             "{fam} UDP from a not-meshed pod bypassed netfilter"
@@ -350,7 +342,7 @@ fn spoofed_sources_meet_netfilter(dp: Datapath) {
             Ipv4Addr::UNSPECIFIED.into()
         };
         let sink = UdpSink::bind(&b.pod_ns(2), any, 0);
-        let (own, dst) = (addr(&b, 1, v6), addr(&b, 2, v6));
+        let (own, dst) = (b.pod_addr(1, v6), b.pod_addr(2, v6));
 
         // Control: the same crafted frame with pod1's own address is fast-pathed and delivered.
         let before = b.all_stats();
@@ -371,7 +363,7 @@ fn spoofed_sources_meet_netfilter(dp: Datapath) {
             "10.244.15.238".parse().unwrap()
         };
         for (what, src) in [
-            ("pod3's address", addr(&b, 3, v6)),
+            ("pod3's address", b.pod_addr(3, v6)),
             ("an unknown address", nobody),
         ] {
             let before = b.all_stats();
@@ -987,14 +979,14 @@ fn switching_datapaths_under_traffic_loses_nothing() {
 
     b.attach_and_mesh(Xdp, &[1, 2]);
     for v6 in [false, true] {
-        udp_echo(&p1, &p2, addr(&b, 2, v6), 3, 100, T_OK)
+        udp_echo(&p1, &p2, b.pod_addr(2, v6), 3, 100, T_OK)
             .unwrap_or_else(|e| panic!("{} over XDP before the flows: {e}", family(v6)));
     }
     let at_start = b.all_stats();
     let streams: Vec<(&str, UdpStream)> = [false, true]
         .into_iter()
         .map(|v6| {
-            let s = UdpStream::start(&p1, &p2, addr(&b, 2, v6), STREAM_INTERVAL, STREAM_SIZE)
+            let s = UdpStream::start(&p1, &p2, b.pod_addr(2, v6), STREAM_INTERVAL, STREAM_SIZE)
                 .unwrap_or_else(|e| panic!("{e}"));
             (family(v6), s)
         })
@@ -1091,7 +1083,7 @@ fn refused_mode_change_changes_nothing(b: &Bench, orig: &[BTreeMap<String, Strin
     assert_switched(b, [Datapath::Xdp, Datapath::Xdp], orig, when);
     b.drop_pod_forwarding();
     for v6 in [false, true] {
-        udp_echo(&b.pod_ns(1), &b.pod_ns(2), addr(b, 2, v6), 3, 100, T_OK)
+        udp_echo(&b.pod_ns(1), &b.pod_ns(2), b.pod_addr(2, v6), 3, 100, T_OK)
             .unwrap_or_else(|e| panic!("{} over the fast path {when}: {e}", family(v6)));
     }
 }

@@ -5,7 +5,7 @@
 //! or leaves the controller not ready. Needs root: `#[ignore]`d, failing without root.
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, TcpListener},
+    net::TcpListener,
     thread,
     time::{Duration, Instant},
 };
@@ -91,14 +91,6 @@ fn wait_pod(
     })
 }
 
-fn addr(b: &Bench, i: u32, v6: bool) -> IpAddr {
-    if v6 {
-        b.pod_v6(i).into()
-    } else {
-        b.pod_v4(i).into()
-    }
-}
-
 /// TCP pod `from` -> pod `to` (both families) must go over the fast path: no FORWARD DROP hit,
 /// `redirected` grows.
 #[track_caller]
@@ -108,7 +100,7 @@ fn assert_fast_path(b: &Bench, from: u32, to: u32, when: &str) {
         tcp_echo(
             &b.pod_ns(from),
             &b.pod_ns(to),
-            addr(b, to, v6),
+            b.pod_addr(to, v6),
             32 * 1024,
             T_OK,
         )
@@ -128,7 +120,7 @@ fn assert_kernel_path(b: &Bench, from: u32, to: u32, when: &str) {
     let r = tcp_echo(
         &b.pod_ns(from),
         &b.pod_ns(to),
-        addr(b, to, false),
+        b.pod_addr(to, false),
         1024,
         Duration::from_millis(700),
     );

@@ -218,18 +218,11 @@ fn main() -> ExitCode {
 
 /// Fails early, with what to do, when we lack the capabilities every command needs.
 fn check_privileges() -> Result<()> {
-    const CAP_NET_ADMIN: u32 = 12;
-    const CAP_SYS_ADMIN: u32 = 21;
-    const CAP_BPF: u32 = 39;
-    let status =
-        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    let eff = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
-    let has = |c: u32| eff & (1u64 << c) != 0;
-    if !(has(CAP_NET_ADMIN) && (has(CAP_BPF) || has(CAP_SYS_ADMIN))) {
+    use caps::{CapSet, Capability};
+    let has = |c| caps::has_cap(None, CapSet::Effective, c).unwrap_or(false);
+    if !(has(Capability::CAP_NET_ADMIN)
+        && (has(Capability::CAP_BPF) || has(Capability::CAP_SYS_ADMIN)))
+    {
         bail!("missing privileges: run as root, or with CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN");
     }
     Ok(())

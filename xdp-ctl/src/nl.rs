@@ -1,5 +1,7 @@
-//! A small synchronous rtnetlink client for the one-shot CLI commands: links, neighbours and
-//! namespace ids. (The long-running controller uses the async `rtnetlink` crate.)
+//! A small synchronous rtnetlink client: links, host routes, neighbours and namespace ids. The
+//! one request/response client of xdp-ctl: the one-shot CLI commands use it, and so does the
+//! controller, for its dumps and lookups, on a blocking worker (see `crate::controller`). Only
+//! the controller's multicast event stream uses the async `rtnetlink` crate.
 //!
 //! The socket belongs to the network namespace of the thread that creates it.
 use std::{

@@ -1,5 +1,8 @@
 //! Attaching interfaces, all-or-nothing, in two phases (see the module docs of `datapath`).
-use std::path::PathBuf;
+use std::{
+    path::PathBuf,
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 use common::{Attachment, ATT_MODE_SKB, ATT_MODE_TCX};
 use serde::Serialize;
@@ -115,6 +118,19 @@ impl Attacher {
 
     /// Attaches `links` in two phases (see the module docs). All-or-nothing.
     pub fn attach(&mut self, rtnl: &mut Rtnl, links: &[Link]) -> Result<Vec<AttachReport>> {
+        self.attach_until(rtnl, links, &AtomicBool::new(false))
+    }
+
+    /// `attach`, stopping before the next interface once `stop` is set (the controller on
+    /// SIGTERM, during a large batch): what is attached by then is kept, complete and
+    /// reported (a new controller adopts it); the rest is left untouched. All-or-nothing
+    /// otherwise.
+    pub fn attach_until(
+        &mut self,
+        rtnl: &mut Rtnl,
+        links: &[Link],
+        stop: &AtomicBool,
+    ) -> Result<Vec<AttachReport>> {
         let Self {
             ebpf,
             maps,
@@ -130,6 +146,9 @@ impl Attacher {
         let mut switches: Vec<Switch> = Vec::new();
         let phase1 = (|| -> Result<()> {
             for link in links {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
                 let new = Attachment {
                     ifindex: link.index,
                     datapath: datapath.to_att(),

@@ -1,16 +1,22 @@
 //! The controller's model of the node, kept from rtnetlink dumps and events, and the desired
 //! map contents derived from it. Pure: no I/O, so it is unit-tested directly.
 //!
+//! - `node`: the netlink view (links, host routes, neighbours) and its dirty keys;
+//! - `sources`: the membership sources' answers folded into it;
+//! - `plan`: the desired endpoint of a key and the map writes that realize it.
+//!
 //! Events only mark what they touch as dirty (a prefix, an interface); a reconcile looks at the
 //! dirty keys alone, so its work is linear in the number of changes, not in the node's size.
-use std::{
-    collections::{HashMap, HashSet},
-    net::IpAddr,
+mod node;
+mod plan;
+mod sources;
+
+use std::net::IpAddr;
+
+pub use self::{
+    node::Node,
+    plan::{plan, plan_members, Desired, Plan},
 };
-
-use common::{Endpoint, EP_F_MESHED};
-
-use super::membership::{Sources, Target};
 use crate::maps::Prefix;
 
 /// What the operator told the controller.
@@ -57,299 +63,14 @@ pub struct LinkFacts {
     pub peer: Option<(u32, i32)>,
 }
 
-/// The desired state of one endpoint key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Desired {
-    Absent,
-    /// A pod route on a pod interface, but no pod MAC known yet.
-    Pending,
-    Present(Endpoint),
-}
-
-#[derive(Default)]
-pub struct Node {
-    links: HashMap<u32, LinkFacts>,
-    /// Host routes (/32, /128) of the main table -> output interface.
-    routes: HashMap<Prefix, u32>,
-    routes_by_if: HashMap<u32, HashSet<Prefix>>,
-    neigh: HashMap<(u32, IpAddr), [u8; 6]>,
-    /// Pod addresses the kube source reports: `Sources` bits.
-    addr_sources: HashMap<IpAddr, u32>,
-    /// Pod interfaces with a sidecar listener, and the peer they were probed through.
-    sidecar_links: HashMap<u32, (u32, i32)>,
-    dirty_prefixes: HashSet<Prefix>,
-    dirty_links: HashSet<u32>,
-}
-
-impl Node {
-    /// Carries the membership sources' answers over from `old` (a full resync rebuilds the
-    /// netlink view, not what the sources said).
-    pub fn take_membership(&mut self, old: &mut Node) {
-        self.addr_sources = std::mem::take(&mut old.addr_sources);
-        self.sidecar_links = std::mem::take(&mut old.sidecar_links);
-    }
-
-    pub fn link(&self, index: u32) -> Option<&LinkFacts> {
-        self.links.get(&index)
-    }
-
-    fn dirty_routes_of(&mut self, index: u32) {
-        if let Some(ps) = self.routes_by_if.get(&index) {
-            self.dirty_prefixes.extend(ps.iter().copied());
-        }
-    }
-
-    pub fn upsert_link(&mut self, l: LinkFacts) {
-        if self.links.get(&l.index) == Some(&l) {
-            return;
-        }
-        let index = l.index;
-        // A new identity on a known index (missed delete, ifindex reuse) must not inherit
-        // anything: drop what we knew of the old one.
-        if let Some(old) = self.links.get(&index) {
-            if old.name != l.name || old.mac != l.mac {
-                self.drop_link_state(index);
-            }
-        }
-        self.links.insert(index, l);
-        self.dirty_links.insert(index);
-        self.dirty_routes_of(index);
-    }
-
-    pub fn remove_link(&mut self, index: u32) {
-        if self.links.remove(&index).is_some() {
-            self.dirty_links.insert(index);
-        }
-        // IPv4 routes vanish with their device without RTM_DELROUTE; neighbours too.
-        self.drop_link_state(index);
-    }
-
-    fn drop_link_state(&mut self, index: u32) {
-        if let Some(ps) = self.routes_by_if.remove(&index) {
-            for p in ps {
-                self.routes.remove(&p);
-                self.dirty_prefixes.insert(p);
-            }
-        }
-        self.neigh.retain(|(i, _), _| *i != index);
-        self.dirty_links.insert(index);
-    }
-
-    pub fn upsert_route(&mut self, addr: IpAddr, oif: u32) {
-        let p = Prefix::host(addr);
-        if let Some(old) = self.routes.insert(p, oif) {
-            if old == oif {
-                return;
-            }
-            if let Some(set) = self.routes_by_if.get_mut(&old) {
-                set.remove(&p);
-            }
-        }
-        self.routes_by_if.entry(oif).or_default().insert(p);
-        self.dirty_prefixes.insert(p);
-    }
-
-    pub fn remove_route(&mut self, addr: IpAddr, oif: u32) {
-        let p = Prefix::host(addr);
-        if self.routes.get(&p) == Some(&oif) {
-            self.routes.remove(&p);
-            if let Some(set) = self.routes_by_if.get_mut(&oif) {
-                set.remove(&p);
-            }
-            self.dirty_prefixes.insert(p);
-        }
-    }
-
-    pub fn set_neigh(&mut self, ifindex: u32, addr: IpAddr, mac: Option<[u8; 6]>) {
-        let changed = match mac {
-            Some(m) => self.neigh.insert((ifindex, addr), m) != Some(m),
-            None => self.neigh.remove(&(ifindex, addr)).is_some(),
-        };
-        let p = Prefix::host(addr);
-        if changed && self.routes.get(&p) == Some(&ifindex) {
-            self.dirty_prefixes.insert(p);
-        }
-    }
-
-    /// The kube source's whole answer: addresses -> `Sources` bits. Marks what changed dirty.
-    pub fn set_addr_sources(&mut self, new: HashMap<IpAddr, u32>) {
-        for (a, bits) in &new {
-            if self.addr_sources.get(a) != Some(bits) {
-                self.dirty_prefixes.insert(Prefix::host(*a));
-            }
-        }
-        for a in self.addr_sources.keys() {
-            if !new.contains_key(a) {
-                self.dirty_prefixes.insert(Prefix::host(*a));
-            }
-        }
-        self.addr_sources = new;
-    }
-
-    /// The sidecar source's whole answer: the probed pod interfaces that have a listener.
-    pub fn set_sidecar_links(&mut self, found: &[Target]) {
-        let new: HashMap<u32, (u32, i32)> = found.iter().map(|t| (t.ifindex, t.peer)).collect();
-        let mut changed: Vec<u32> = new
-            .iter()
-            .filter(|(i, p)| self.sidecar_links.get(i) != Some(p))
-            .map(|(i, _)| *i)
-            .collect();
-        changed.extend(self.sidecar_links.keys().filter(|i| !new.contains_key(i)));
-        self.sidecar_links = new;
-        for i in changed {
-            self.dirty_routes_of(i);
-        }
-    }
-
-    /// The pod interfaces the sidecar source should probe.
-    pub fn sidecar_targets(&self, cfg: &Config) -> Vec<Target> {
-        self.links
-            .values()
-            .filter(|l| l.is_veth && cfg.matches_iface(&l.name))
-            .filter_map(|l| {
-                l.peer.map(|peer| Target {
-                    ifindex: l.index,
-                    peer,
-                })
-            })
-            .collect()
-    }
-
-    /// Why the pod address `addr` behind `oif` is (not) meshed.
-    pub fn sources(&self, cfg: &Config, addr: IpAddr, oif: u32) -> Sources {
-        let mut bits = self.addr_sources.get(&addr).copied().unwrap_or(0);
-        if cfg.cidr_meshed(addr) {
-            bits |= Sources::CIDR;
-        }
-        // The probe counts only for the very peer it went through (an ifindex may be reused).
-        let peer = self.links.get(&oif).and_then(|l| l.peer);
-        if peer.is_some() && self.sidecar_links.get(&oif).copied() == peer {
-            bits |= Sources::SIDECAR_PORT;
-        }
-        Sources(bits)
-    }
-
-    /// Marks everything dirty (full resync).
-    pub fn mark_all_dirty(&mut self) {
-        self.dirty_prefixes.extend(self.routes.keys().copied());
-        self.dirty_links.extend(self.links.keys().copied());
-    }
-
-    pub fn has_dirty(&self) -> bool {
-        !self.dirty_prefixes.is_empty() || !self.dirty_links.is_empty()
-    }
-
-    /// The dirty keys, clearing them.
-    pub fn take_dirty(&mut self) -> (Vec<Prefix>, Vec<u32>) {
-        (
-            self.dirty_prefixes.drain().collect(),
-            self.dirty_links.drain().collect(),
-        )
-    }
-
-    /// Is `index` an interface the controller should attach to?
-    pub fn wants_link(&self, cfg: &Config, index: u32) -> bool {
-        self.links
-            .get(&index)
-            .is_some_and(|l| l.is_veth && cfg.matches_iface(&l.name))
-    }
-
-    /// The endpoint `p` should map to.
-    pub fn desired(&self, cfg: &Config, p: Prefix) -> Desired {
-        let Some(&oif) = self.routes.get(&p) else {
-            return Desired::Absent;
-        };
-        let Some(link) = self.links.get(&oif) else {
-            return Desired::Absent;
-        };
-        if !self.wants_link(cfg, oif) {
-            return Desired::Absent;
-        }
-        if cfg.excluded(p.addr) {
-            return Desired::Absent;
-        }
-        let meshed = self.sources(cfg, p.addr, oif).meshed();
-        // The veth peer's MAC is the pod's; a neighbour entry is the fallback.
-        let pod_mac = link
-            .peer_mac
-            .or_else(|| self.neigh.get(&(oif, p.addr)).copied());
-        match (pod_mac, link.mac) {
-            (Some(pod_mac), Some(host_mac)) => Desired::Present(Endpoint {
-                ifindex: oif,
-                flags: if meshed { EP_F_MESHED } else { 0 },
-                pod_mac,
-                host_mac,
-            }),
-            _ => Desired::Pending,
-        }
-    }
-}
-
-/// The map writes that take `realized` to the desired state for `keys`: upserts (adds and
-/// changes) to apply first, deletes after, and how many keys are still pending.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Plan {
-    pub upserts: Vec<(Prefix, Endpoint)>,
-    pub deletes: Vec<Prefix>,
-    /// Keys with a pod route but no pod MAC yet.
-    pub pending: Vec<Prefix>,
-}
-
-pub fn plan<S: std::hash::BuildHasher>(
-    node: &Node,
-    cfg: &Config,
-    realized: &HashMap<Prefix, Endpoint, S>,
-    keys: impl IntoIterator<Item = Prefix>,
-) -> Plan {
-    let mut plan = Plan::default();
-    for p in keys {
-        let want = node.desired(cfg, p);
-        let have = realized.get(&p);
-        match want {
-            Desired::Present(ep) if have != Some(&ep) => plan.upserts.push((p, ep)),
-            Desired::Present(_) => {}
-            // A pending endpoint keeps no stale entry: better the kernel path than a wrong MAC.
-            Desired::Pending | Desired::Absent => {
-                if matches!(want, Desired::Pending) {
-                    plan.pending.push(p);
-                }
-                if have.is_some() {
-                    plan.deletes.push(p);
-                }
-            }
-        }
-    }
-    plan.upserts.sort_by_key(|(p, _)| *p);
-    plan.deletes.sort();
-    plan
-}
-
-/// The `MEMBERSHIP` writes that take `realized` to the desired sources of `keys`: one entry per
-/// programmed endpoint (set), none for the others (remove).
-pub fn plan_members<S: std::hash::BuildHasher>(
-    node: &Node,
-    cfg: &Config,
-    realized: &HashMap<Prefix, u32, S>,
-    keys: impl IntoIterator<Item = Prefix>,
-) -> (Vec<(Prefix, u32)>, Vec<Prefix>) {
-    let (mut set, mut remove) = (Vec::new(), Vec::new());
-    for p in keys {
-        let want = match node.desired(cfg, p) {
-            Desired::Present(ep) => Some(node.sources(cfg, p.addr, ep.ifindex).0),
-            Desired::Pending | Desired::Absent => None,
-        };
-        match (want, realized.get(&p)) {
-            (Some(w), h) if h != Some(&w) => set.push((p, w)),
-            (None, Some(_)) => remove.push(p),
-            _ => {}
-        }
-    }
-    (set, remove)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use common::Endpoint;
+
     use super::*;
+    use crate::controller::membership::{Sources, Target};
 
     const HOST_MAC: [u8; 6] = [2, 0, 0, 1, 0, 1];
     const POD_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
