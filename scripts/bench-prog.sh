@@ -40,19 +40,6 @@ need_tools bpftool jq ip sockperf taskset
 NAME=xbp$$
 NODE=$NAME-node
 PIN=/sys/fs/bpf/xfp-bench-prog-$$
-WORK=$(mktemp -d)
-cleanup() {
-  local bin
-  for bin in "$CTL" ${BASELINE:+"$BASELINE"}; do
-    [ -e "$PIN" ] && "$bin" --netns "$NODE" --pin-dir "$PIN" detach --all >/dev/null 2>&1 || true
-  done
-  "$ROOT/scripts/bench-netns.sh" down --name "$NAME" >/dev/null 2>&1 || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
 STATS_WAS=$(sysctl -n kernel.bpf_stats_enabled)
 SERVER_PID=""
 cleanup() {
@@ -65,6 +52,8 @@ cleanup() {
   sysctl -qw kernel.bpf_stats_enabled="$STATS_WAS" || true
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 "$ROOT/scripts/bench-netns.sh" up 2 --name "$NAME" >/dev/null
 H1=${NAME}h1
