@@ -1011,14 +1011,27 @@ impl XdpCtl {
         let bin = dir.join("xdp-ctl");
         std::fs::copy(&self.bin, &bin).expect("copy xdp-ctl");
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        let mut cmd = Command::new("setpriv");
-        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .arg(&bin)
-            .args(self.global_args())
-            .args(args);
-        let out = run(cmd);
+        // `std::fs::copy` writes through an fd that another test thread's fork may hold for
+        // a moment (until that child execs and O_CLOEXEC closes it); exec then fails with
+        // ETXTBSY ("Text file busy", setpriv exits 126). That is the harness racing itself,
+        // not xdp-ctl: try again.
+        let mut out = None;
+        for _ in 0..50 {
+            let mut cmd = Command::new("setpriv");
+            cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+                .arg(&bin)
+                .args(self.global_args())
+                .args(args);
+            let o = run(cmd);
+            let busy = o.code() == Some(126) && o.stderr.contains("Text file busy");
+            out = Some(o);
+            if !busy {
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
         let _ = std::fs::remove_dir_all(&dir);
-        out
+        out.expect("ran at least once")
     }
 }
 

@@ -533,7 +533,9 @@ fn flow_survives_a_controller_restart_with_detach_on_exit(dp: Datapath) {
     second.assert_log_clean();
 }
 
-fn flow_survives_its_pod_leaving_the_mesh(dp: Datapath) {
+/// A flow born on the fast path between meshed pods 2 -> 1; then pod 1 leaves the mesh, and the
+/// flow must go on through the kernel path. Returns the bench and the running flow.
+fn fast_path_flow_whose_pod_leaves_the_mesh(dp: Datapath) -> (Bench, TcpFlow) {
     let b = Bench::up(2);
     kube_proxy(&b, 1);
     b.attach_and_mesh(dp, &[1, 2]);
@@ -546,17 +548,16 @@ fn flow_survives_its_pod_leaving_the_mesh(dp: Datapath) {
         counter(&b, "not_meshed") > not_meshed,
         "{dp}: the flow kept the fast path"
     );
+    (b, flow)
+}
+
+fn flow_survives_its_pod_leaving_the_mesh(dp: Datapath) {
+    let (_b, flow) = fast_path_flow_whose_pod_leaves_the_mesh(dp);
     finish(flow, dp);
 }
 
 fn flow_survives_leaving_and_rejoining_the_mesh_then_detach(dp: Datapath) {
-    let b = Bench::up(2);
-    kube_proxy(&b, 1);
-    b.attach_and_mesh(dp, &[1, 2]);
-    let flow = start_flow(&b);
-    phase(&flow, "on the fast path");
-    b.add_endpoint(1, false);
-    phase(&flow, "after pod 1 left the mesh");
+    let (b, flow) = fast_path_flow_whose_pod_leaves_the_mesh(dp);
     b.add_endpoint(1, true);
     let redirected = counter(&b, "redirected");
     phase(&flow, "after pod 1 rejoined the mesh");
