@@ -117,15 +117,16 @@ async fn run_async(pins: &PinDir, opts: RunOptions) -> Result<()> {
     }
     tokio::spawn(conn);
 
-    // Listen before loading anything: /readyz answers 503 until the first reconcile. HTTP has
-    // a thread of its own (`http::spawn`): it only reads `Telemetry`.
     let telemetry = Telemetry::new(pins);
     telemetry.heartbeat();
-    if let Some(addr) = opts.listen {
-        crate::http::spawn(addr, telemetry.clone())?;
+    let listen = opts.listen;
+    let (mut c, mut updates) = Controller::start(pins, opts, telemetry.clone())?;
+    // Listen once the options proved valid (an error at start stays the one line on stderr),
+    // before the first reconcile: /readyz answers 503 until it is applied. HTTP has a thread of
+    // its own (`http::spawn`): it only reads `Telemetry`.
+    if let Some(addr) = listen {
+        crate::http::spawn(addr, telemetry)?;
     }
-
-    let (mut c, mut updates) = Controller::start(pins, opts, telemetry)?;
 
     // The first full reconcile; not ready before it is applied. A SIGTERM meanwhile stops it
     // at the next interface (with many pods it takes a while).
