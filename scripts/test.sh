@@ -25,8 +25,15 @@ echo "=== test"
 # Integration tests use unique namespace names and pin dirs, so they may run in parallel.
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+# The image test needs buildah, musl-tools and a release build for another target (minutes):
+# opt-in, so CI (which installs only what bootstrap.sh does) leaves it out, and says so.
+skip=()
+if [ "${XDP_FASTPATH_IMAGE_TEST:-}" != 1 ]; then
+  skip=(--skip image_builds_and_its_entrypoint_runs)
+  echo "image test left out (opt-in: XDP_FASTPATH_IMAGE_TEST=1, needs buildah and musl-tools)"
+fi
 set +e
-cargo test --no-fail-fast -- --include-ignored "$@" 2>&1 | tee "$log"
+cargo test --no-fail-fast -- --include-ignored "${skip[@]}" "$@" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
 # One closing line over every test binary (cargo's own last line is often an empty doc-test

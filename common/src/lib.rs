@@ -13,6 +13,8 @@
 /// 2: `COUNTERS` grew (flow and MTU reasons), `FLOWS` and `KERNEL_SOCKETS` added.
 pub const LAYOUT_VERSION: u32 = 2;
 
+pub mod monitor;
+
 /// Names of the pinned maps (also the map symbols in the eBPF object).
 pub mod map_names {
     pub const ENDPOINTS_V4: &str = "ENDPOINTS_V4";
@@ -23,6 +25,9 @@ pub mod map_names {
     pub const CONTROLLER: &str = "CONTROLLER";
     pub const FLOWS: &str = "FLOWS";
     pub const KERNEL_SOCKETS: &str = "KERNEL_SOCKETS";
+    pub const MONITOR_CONFIG: &str = "MONITOR_CONFIG";
+    pub const MONITOR_EVENTS: &str = "MONITOR_EVENTS";
+    pub const MONITOR_STATS: &str = "MONITOR_STATS";
 }
 
 /// Capacity of each endpoint trie (pod addresses or prefixes per address family).

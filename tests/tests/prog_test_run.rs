@@ -2462,3 +2462,174 @@ fn a_frame_over_the_target_mtu_goes_to_the_kernel() {
         bench.check_all(&cases)
     });
 }
+
+/// The monitor (`xdp-ctl monitor`) under test runs, through both hooks: with its configuration
+/// off, nothing is emitted or even counted; on, a run writes one event that names the packet
+/// (addresses, ports, protocol, reason, action, hook, ingress and egress ifindex); filters keep
+/// others out. Also prints what the monitor costs per packet (BPF_PROG_TEST_RUN's own average
+/// over many repeats of one frame: off, on with the packet filtered out, on and emitted).
+#[test]
+#[ignore = "needs root: run scripts/test.sh"]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario: off, on, filters, cost"
+)]
+fn monitor_events_filters_and_cost() {
+    for_each_hook("monitor_events_filters_and_cost", |bench| {
+        use common::monitor::{MonitorConfig, MonitorEvent, ACTION_REDIRECT, MONITOR_ANY_REASON};
+        // The ring holds about 14,500 events: the cost is measured in batches, draining.
+        const BATCH: u32 = 2_000;
+        const BATCHES: u32 = 50;
+        let case = &redirect_cases()[0];
+        let ingress = bench.ifindex(case.ingress);
+        let Expect::Redirect(to) = case.expect else {
+            bail!("the first redirect case does not redirect");
+        };
+        let egress = bench.ifindex(endpoint_spec(to).port);
+        let cfg_fd = {
+            use std::os::fd::{AsFd as _, AsRawFd as _};
+            let map = bench
+                .ebpf
+                .map(map_names::MONITOR_CONFIG)
+                .context("MONITOR_CONFIG")?;
+            let aya::maps::Map::Array(data) = map else {
+                bail!("MONITOR_CONFIG is not an array");
+            };
+            data.fd().as_fd().as_raw_fd()
+        };
+        let set = |cfg: &MonitorConfig| update(cfg_fd, &0u32, cfg);
+        let stats = || -> Result<[u64; 3]> {
+            let map = bench
+                .ebpf
+                .map(map_names::MONITOR_STATS)
+                .context("MONITOR_STATS")?;
+            let s: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
+            let mut out = [0u64; 3];
+            for (slot, o) in out.iter_mut().enumerate() {
+                *o = s.get(&u32::try_from(slot)?, 0)?.iter().sum();
+            }
+            Ok(out)
+        };
+        let events = || -> Result<Vec<MonitorEvent>> {
+            let map = bench
+                .ebpf
+                .map(map_names::MONITOR_EVENTS)
+                .context("MONITOR_EVENTS")?;
+            let mut ring = aya::maps::RingBuf::try_from(map)?;
+            let mut out = Vec::new();
+            while let Some(item) = ring.next() {
+                ensure!(item.len() >= size_of::<MonitorEvent>(), "short event");
+                // SAFETY: plain old data, long enough; unaligned read.
+                out.push(unsafe { item.as_ptr().cast::<MonitorEvent>().read_unaligned() });
+            }
+            Ok(out)
+        };
+        let ctx = bench.hook.ctx_in(&case.frame, ingress)?;
+        let timed = |repeat: u32| -> Result<std::time::Duration> {
+            let mut out = vec![0u8; case.frame.len() + 256];
+            let r = bench.hook.test_run(
+                &bench.ebpf,
+                TestRunOptions {
+                    data_in: Some(&case.frame),
+                    data_out: Some(&mut out),
+                    ctx_in: Some(&ctx),
+                    repeat,
+                    ..TestRunOptions::default()
+                },
+            )?;
+            Ok(r.duration)
+        };
+
+        // Off: nothing emitted, nothing counted.
+        let out = bench.run(&case.frame, ingress)?;
+        ensure!(out.action == bench.hook.redirect_action(), "not redirected");
+        ensure!(
+            events()?.is_empty() && stats()? == [0; 3],
+            "emitted with the monitor off"
+        );
+
+        // On: one event naming the packet.
+        let on = MonitorConfig {
+            enabled: 1,
+            sample: 1,
+            reason: MONITOR_ANY_REASON,
+            pid: 1,
+            ..MonitorConfig::default()
+        };
+        set(&on)?;
+        bench.run(&case.frame, ingress)?;
+        let got = events()?;
+        ensure!(got.len() == 1, "{} events for one packet", got.len());
+        let e = got[0];
+        ensure!(
+            e.src[..4] == v4(EP_A) && e.dst[..4] == v4(EP_B),
+            "addresses: {e:?}"
+        );
+        ensure!(
+            e.family == common::FAMILY_V4 && e.proto == IPPROTO_UDP,
+            "{e:?}"
+        );
+        ensure!(
+            e.ingress == ingress && e.egress == egress,
+            "interfaces: {e:?}"
+        );
+        ensure!(
+            e.reason == Reason::Redirected as u8 && e.action == ACTION_REDIRECT,
+            "{e:?}"
+        );
+        ensure!(u32::try_from(case.frame.len())? == e.len, "len: {e:?}");
+        ensure!(stats()?[1] == 1, "emitted counter: {:?}", stats()?);
+
+        // Filters: another address, another reason: nothing.
+        let mut other_ip = on;
+        other_ip.family = u32::from(common::FAMILY_V4);
+        other_ip.addr[..4].copy_from_slice(&[192, 0, 2, 1]);
+        set(&other_ip)?;
+        bench.run(&case.frame, ingress)?;
+        let mut other_reason = on;
+        other_reason.reason = u32::from(Reason::NoEndpoint as u8);
+        set(&other_reason)?;
+        bench.run(&case.frame, ingress)?;
+        ensure!(events()?.is_empty(), "filtered packets emitted");
+        let mut same_ip = on;
+        same_ip.family = u32::from(common::FAMILY_V4);
+        same_ip.addr[..4].copy_from_slice(&v4(EP_B));
+        set(&same_ip)?;
+        bench.run(&case.frame, ingress)?;
+        ensure!(
+            events()?.len() == 1,
+            "--ip of the destination shows nothing"
+        );
+
+        // Cost per packet.
+        let mean = |cfg: Option<&MonitorConfig>| -> Result<f64> {
+            set(cfg.unwrap_or(&MonitorConfig::default()))?;
+            let mut total = 0.0;
+            for _ in 0..BATCHES {
+                total += timed(BATCH)?.as_secs_f64() * 1e9;
+                events()?;
+            }
+            Ok(total / f64::from(BATCHES))
+        };
+        let (mut off, mut filtered, mut emitting) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..5 {
+            off.push(mean(None)?);
+            filtered.push(mean(Some(&other_ip))?);
+            emitting.push(mean(Some(&on))?);
+        }
+        set(&MonitorConfig::default())?;
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        eprintln!(
+            "{}: per packet (test run, median of 5 x {BATCHES} x {BATCH}): monitor off {:.1} ns, \
+             on but filtered out {:.1} ns, on and emitting {:.1} ns",
+            bench.hook.name(),
+            median(&mut off),
+            median(&mut filtered),
+            median(&mut emitting)
+        );
+        Ok(())
+    });
+}

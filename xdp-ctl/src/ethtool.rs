@@ -2,7 +2,8 @@
 //! (`SIOCETHTOOL`): GRO and tx checksumming. See DESIGN.md section 3 for why.
 use std::{ffi::CStr, io, os::fd::AsRawFd};
 
-const SIOCETHTOOL: libc::c_ulong = 0x8946;
+/// `libc::Ioctl`: the request type differs between glibc (unsigned long) and musl (int).
+const SIOCETHTOOL: libc::Ioctl = 0x8946;
 const ETHTOOL_GTXCSUM: u32 = 0x16;
 const ETHTOOL_STXCSUM: u32 = 0x17;
 const ETHTOOL_GGRO: u32 = 0x2b;

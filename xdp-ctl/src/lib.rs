@@ -10,10 +10,14 @@ pub const XDP_PROGRAM: &str = "xdp_fastpath";
 pub const TC_PROGRAM: &str = "tc_fastpath";
 
 pub mod attach;
+pub mod bpffs;
 pub mod controller;
 pub mod datapath;
 pub mod ethtool;
+pub mod http;
 pub mod maps;
+pub mod metrics;
+pub mod monitor;
 pub mod netns;
 pub mod nl;
 pub mod ops;

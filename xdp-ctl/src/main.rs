@@ -79,6 +79,15 @@ enum Cmd {
     Status,
     /// Show packet and byte counters per reason.
     Stats,
+    /// Stream sampled datapath events (addresses, ports, protocol, action, reason, ingress and
+    /// egress interface) until Ctrl-C: the fast path's tcpdump (which cannot see redirected
+    /// packets). While no monitor runs, the datapath pays one array lookup per packet.
+    Monitor(xdp_ctl::monitor::MonitorArgs),
+    /// Mount bpffs on DIR unless one is mounted there (the DaemonSet's init step).
+    MountBpffs {
+        #[arg(value_name = "DIR", default_value = "/sys/fs/bpf")]
+        dir: PathBuf,
+    },
 }
 
 /// Every option also comes from the environment variable shown (repeatable ones as a
@@ -146,6 +155,10 @@ struct RunArgs {
     /// Detach everything on SIGTERM/SIGINT (default: leave the datapath in place).
     #[arg(long, env = "XDP_FASTPATH_DETACH_ON_EXIT")]
     detach_on_exit: bool,
+    /// Serve /metrics (Prometheus), /healthz and /readyz over HTTP on ADDR (IP:PORT), or `off`.
+    #[arg(long, value_name = "ADDR", default_value = xdp_ctl::http::DEFAULT_LISTEN,
+          env = "XDP_FASTPATH_LISTEN")]
+    listen: xdp_ctl::http::Listen,
 }
 
 fn positive_secs(s: &str) -> Result<f64, String> {
@@ -262,6 +275,21 @@ fn run(cli: &Cli) -> Result<()> {
         Cmd::Run(a) => xdp_ctl::controller::run(&pins, run_options(a)?)?,
         Cmd::Status => out.status(&ops::status(&pins)?),
         Cmd::Stats => out.stats(&ops::stats(&pins)?, &ops::flow_table(&pins)?),
+        Cmd::Monitor(a) => {
+            xdp_ctl::monitor::run(&pins, a, cli.json)?;
+        }
+        Cmd::MountBpffs { dir } => {
+            let mounted = xdp_ctl::bpffs::ensure_mounted(dir)?;
+            println!(
+                "{}: {}",
+                dir.display(),
+                if mounted {
+                    "bpffs mounted"
+                } else {
+                    "bpffs already mounted, nothing to do"
+                }
+            );
+        }
     }
     Ok(())
 }
@@ -298,5 +326,6 @@ fn run_options(a: &RunArgs) -> Result<xdp_ctl::controller::RunOptions> {
             sidecar_period: std::time::Duration::from_millis(500),
             kube,
         },
+        listen: a.listen.0,
     })
 }

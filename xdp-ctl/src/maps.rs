@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::pin::PinDir;
 
-pub const ALL_MAPS: [&str; 8] = [
+pub const ALL_MAPS: [&str; 11] = [
     map_names::ENDPOINTS_V4,
     map_names::ENDPOINTS_V6,
     map_names::TX_PORTS,
@@ -27,6 +27,9 @@ pub const ALL_MAPS: [&str; 8] = [
     map_names::CONTROLLER,
     map_names::FLOWS,
     map_names::KERNEL_SOCKETS,
+    map_names::MONITOR_CONFIG,
+    map_names::MONITOR_EVENTS,
+    map_names::MONITOR_STATS,
 ];
 
 pub struct Maps {
@@ -151,7 +154,10 @@ fn take<T: TryFrom<Map, Error = aya::maps::MapError>>(ebpf: &mut Ebpf, name: &st
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
 }
 
-fn open<T: TryFrom<Map, Error = aya::maps::MapError>>(pins: &PinDir, name: &str) -> Result<T> {
+pub(crate) fn open<T: TryFrom<Map, Error = aya::maps::MapError>>(
+    pins: &PinDir,
+    name: &str,
+) -> Result<T> {
     let path = pins.map_path(name);
     let data = MapData::from_pin(&path)
         .with_context(|| format!("opening pinned map {}", path.display()))?;

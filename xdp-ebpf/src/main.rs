@@ -11,6 +11,7 @@
 
 mod fastpath;
 mod maps;
+mod monitor;
 
 use aya_ebpf::{
     bindings::{__sk_buff, bpf_check_mtu_flags::BPF_MTU_CHK_SEGS},
@@ -19,7 +20,10 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use common::Reason;
+use common::{
+    monitor::{ACTION_PASS, ACTION_REDIRECT, HOOK_TC, HOOK_XDP},
+    Reason,
+};
 use fastpath::{Packet, Verdict};
 
 const ETH_HLEN: usize = 14;
@@ -68,11 +72,21 @@ pub fn xdp_fastpath(ctx: XdpContext) -> u32 {
     match fastpath::decide(&pkt, ingress, target_check) {
         Verdict::Pass(reason) => {
             fastpath::count(reason, pkt.len());
+            if monitor::enabled() {
+                let meta = monitor::meta(reason as u8, ACTION_PASS, HOOK_XDP, pkt.len());
+                monitor::emit(ctx.data(), ctx.data_end(), u64::from(ingress), meta);
+            }
             xdp_action::XDP_PASS
         }
         Verdict::Forward(fwd) => {
             fastpath::rewrite(&pkt, &fwd);
             fastpath::count(Reason::Redirected, pkt.len());
+            if monitor::enabled() {
+                let meta = monitor::meta(0, ACTION_REDIRECT, HOOK_XDP, pkt.len());
+                let egress = fwd.endpoint.ifindex;
+                let ifaces = u64::from(ingress) | u64::from(egress) << 32;
+                monitor::emit(ctx.data(), ctx.data_end(), ifaces, meta);
+            }
             xdp_action::XDP_REDIRECT
         }
     }
@@ -122,11 +136,21 @@ pub fn tc_fastpath(ctx: TcContext) -> i32 {
     match fastpath::decide(&pkt, ingress, target_check) {
         Verdict::Pass(reason) => {
             fastpath::count(reason, len);
+            if monitor::enabled() {
+                let meta = monitor::meta(reason as u8, ACTION_PASS, HOOK_TC, len);
+                monitor::emit(ctx.data(), ctx.data_end(), u64::from(ingress), meta);
+            }
             TC_ACT_OK as i32
         }
         Verdict::Forward(fwd) => {
             fastpath::rewrite(&pkt, &fwd);
             fastpath::count(Reason::Redirected, len);
+            if monitor::enabled() {
+                let meta = monitor::meta(0, ACTION_REDIRECT, HOOK_TC, len);
+                let egress = fwd.endpoint.ifindex;
+                let ifaces = u64::from(ingress) | u64::from(egress) << 32;
+                monitor::emit(ctx.data(), ctx.data_end(), ifaces, meta);
+            }
             // SAFETY: plain helper call; flags must be 0. It cannot fail for flags 0: it
             // returns TC_ACT_REDIRECT and the skb moves to the peer of the target veth (the
             // target pod's eth0), in the pod's namespace, after we return.

@@ -3,9 +3,10 @@
 //! object without touching bpffs.
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::LpmTrie, Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{lpm_trie::LpmTrie, Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use common::{
+    monitor::{MonitorConfig, MONITOR_RING_BYTES, MONITOR_STATS_LEN},
     Attachment, ControllerState, Counter, Endpoint, Flow, FlowKey, Ipv4Key, Ipv6Key, SocketKey,
     MAX_ENDPOINTS, MAX_FLOWS, MAX_KERNEL_SOCKETS, MAX_PORTS, REASON_COUNT,
 };
@@ -45,3 +46,16 @@ pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(MAX_F
 #[map]
 pub static KERNEL_SOCKETS: LruHashMap<SocketKey, u32> =
     LruHashMap::with_max_entries(MAX_KERNEL_SOCKETS, 0);
+
+/// `xdp-ctl monitor`'s filters and sampling; `enabled` is 0 when no monitor runs (see
+/// `common::monitor`).
+#[map]
+pub static MONITOR_CONFIG: Array<MonitorConfig> = Array::with_max_entries(1, 0);
+
+/// Sampled events for `xdp-ctl monitor` (`common::monitor::MonitorEvent`).
+#[map]
+pub static MONITOR_EVENTS: RingBuf = RingBuf::with_byte_size(MONITOR_RING_BYTES, 0);
+
+/// Per-CPU monitor counters (`common::monitor::STAT_*`), touched only while a monitor runs.
+#[map]
+pub static MONITOR_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MONITOR_STATS_LEN, 0);

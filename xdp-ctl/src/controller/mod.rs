@@ -55,6 +55,7 @@ use self::{
 use crate::{
     attach::{self, Attacher, Datapath, Mode},
     maps::Prefix,
+    metrics::Telemetry,
     nl::Rtnl,
     pin::{PinDir, PinLock},
 };
@@ -66,6 +67,8 @@ pub struct RunOptions {
     pub resync_interval: Duration,
     pub detach_on_exit: bool,
     pub membership: membership::Options,
+    /// Where to serve /metrics, /healthz and /readyz (`None`: nowhere).
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// Quiet time after the last event before a reconcile...
@@ -114,7 +117,16 @@ async fn run_async(pins: &PinDir, opts: RunOptions) -> Result<()> {
     }
     tokio::spawn(conn);
 
-    let (mut c, mut updates) = Controller::start(pins, opts)?;
+    let telemetry = Telemetry::new(pins);
+    telemetry.heartbeat();
+    let listen = opts.listen;
+    let (mut c, mut updates) = Controller::start(pins, opts, telemetry.clone())?;
+    // Listen once the options proved valid (an error at start stays the one line on stderr),
+    // before the first reconcile: /readyz answers 503 until it is applied. HTTP has a thread of
+    // its own (`http::spawn`): it only reads `Telemetry`.
+    if let Some(addr) = listen {
+        crate::http::spawn(addr, telemetry)?;
+    }
 
     // The first full reconcile; not ready before it is applied. A SIGTERM meanwhile stops it
     // at the next interface (with many pods it takes a while).
@@ -234,10 +246,16 @@ struct Controller {
     /// Set on SIGTERM or SIGINT; long steps (a full sync, an attach batch) stop at the next
     /// interface (`Attacher::attach_until`).
     stop: Arc<AtomicBool>,
+    /// What /metrics, /healthz and /readyz show (`metrics`, `http`).
+    telemetry: Arc<Telemetry>,
 }
 
 impl Controller {
-    pub(super) fn start(pins: &PinDir, opts: RunOptions) -> Result<(Self, membership::Updates)> {
+    pub(super) fn start(
+        pins: &PinDir,
+        opts: RunOptions,
+        telemetry: Arc<Telemetry>,
+    ) -> Result<(Self, membership::Updates)> {
         // Loading reuses pinned maps; only creating them needs the lock.
         let attacher = if pins.has_maps() {
             Attacher::new(pins, opts.datapath, opts.mode)?
@@ -272,6 +290,7 @@ impl Controller {
             synced: false,
             _alive: alive,
             stop: Arc::new(AtomicBool::new(false)),
+            telemetry,
         };
         c.publish();
         Ok((c, updates))

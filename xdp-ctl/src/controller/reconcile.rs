@@ -29,6 +29,13 @@ impl Controller {
             return Ok(());
         }
         let started = std::time::Instant::now();
+        let r = self.reconcile_dirty_inner();
+        self.telemetry.reconciled(started.elapsed(), r.is_ok());
+        r
+    }
+
+    fn reconcile_dirty_inner(&mut self) -> Result<()> {
+        let started = std::time::Instant::now();
         let (keys, links) = self.node.take_dirty();
         let nkeys = keys.len();
         let lock = self.pins.lock()?;
@@ -122,7 +129,13 @@ impl Controller {
         if !links.is_empty() {
             self.membership.set_targets(self.node.sidecar_targets(cfg));
         }
-        self.state.interfaces = u32::try_from(self.attacher.maps.attachments()?.len()).unwrap_or(0);
+        let attached = self.attacher.maps.attachments()?;
+        self.state.interfaces = u32::try_from(attached.len()).unwrap_or(0);
+        let tc = attached
+            .iter()
+            .filter(|a| Datapath::from_att(a.datapath) == Some(Datapath::Tc))
+            .count();
+        self.telemetry.set_attached(attached.len() - tc, tc);
         self.state.reconciles += 1;
         self.state.map_writes += writes;
         Ok(writes)

@@ -54,6 +54,14 @@ impl Controller {
         self.state.endpoints_v4 = v4;
         self.state.endpoints_v6 = v6;
         self.state.pending = u32::try_from(self.pending.len()).unwrap_or(u32::MAX);
+        // Endpoints by (family, meshed), in `Telemetry::set_endpoints`' order.
+        let mut by_kind = [0usize; 4];
+        for (p, ep) in &self.realized {
+            by_kind[usize::from(p.addr.is_ipv6()) * 2 + usize::from(!ep.is_meshed())] += 1;
+        }
+        self.telemetry.set_endpoints(by_kind);
+        self.telemetry.set_ready(self.state.ready != 0);
+        self.telemetry.heartbeat();
         if let Err(e) = self.attacher.maps.set_controller_state(&self.state) {
             warn!("publishing controller state: {e:#}");
         }

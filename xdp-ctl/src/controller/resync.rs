@@ -22,6 +22,13 @@ impl Controller {
     /// no lost event and no foreign write, a resync writes nothing.
     pub(super) fn full_sync(&mut self, count_drift: bool) -> Result<()> {
         let started = std::time::Instant::now();
+        let r = self.full_sync_inner(count_drift);
+        self.telemetry.reconciled(started.elapsed(), r.is_ok());
+        r
+    }
+
+    fn full_sync_inner(&mut self, count_drift: bool) -> Result<()> {
+        let started = std::time::Instant::now();
         self.peer_macs.clear();
         let mut node = Node::default();
         let links = self.rtnl.links().context("dumping links")?;
@@ -64,9 +71,13 @@ impl Controller {
         self.state.last_resync_unix_ms = now_ms();
         if count_drift {
             self.state.drift_repaired += writes;
+            self.telemetry.drift_repaired(writes);
             if writes > 0 {
                 warn!(writes, "resync repaired drift");
             }
+        }
+        if let Ok(true) = crate::monitor::reset_stale(&self.pins) {
+            warn!("reset the configuration of a monitor that died without resetting it");
         }
         self.synced = true;
         self.state.ready = u32::from(self.membership.synced());
