@@ -5,7 +5,8 @@
 # Every test binary runs, even after one fails (--no-fail-fast), and the root-only tests,
 # which are #[ignore]d so that a plain `cargo test` reports them as ignored instead of passing
 # them silently, run too (--include-ignored). The closing line counts every test of every
-# binary: "total: N passed, N failed, N skipped" (skipped = ignored); a binary that died before
+# binary: "total: N passed, N failed, N skipped" (skipped = ignored or left out, like the opt-in
+# image test); a binary that died before
 # reporting counts as one failure. Extra arguments go to the test binaries (e.g. a name filter).
 set -euo pipefail
 
@@ -40,7 +41,7 @@ set -e
 # run). Binaries are announced by "Running ..." / "Doc-tests ..." and close with "test result:".
 awk '/^ *(Running|Doc-tests) / { started++ }
      /^test result:/ { ended++
-       for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1); if ($(i) ~ /^ignored;?$/) s += $(i-1) } }
+       for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1); if ($(i) ~ /^ignored;?$/) s += $(i-1); if ($(i) == "filtered" && $(i+1) ~ /^out;?$/) s += $(i-1) } }
      END { if (started > ended) { printf "%d test binaries died without a result (counted as failed)\n", started - ended; f += started - ended }
            printf "total: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
 exit "$rc"
