@@ -16,7 +16,7 @@ PORT_IPERF=5201
 PORT_RR_PINNED=11111   # sockperf server on the client's CPU
 PORT_RR_FREE=11112     # sockperf server, not pinned
 PORT_CONN=8080         # connrate server, not pinned
-UDP_PORT=9             # nothing listens: the datagrams end as Udp NoPorts in pod2
+UDP_PORT=9             # a socket that never reads: datagrams end in its full queue (RcvbufErrors)
 RR_MSG_SIZE=64
 UDP_PAYLOAD=64
 POD1_V4=10.244.0.1 POD2_V4=10.244.0.2 POD1_V6=fd00::1 POD2_V6=fd00::2
@@ -50,7 +50,8 @@ path of the same rule set; the floor against kernel/none):
                 (tests/src/bin/connrate.rs, 2 client threads, 2 server threads, not pinned)
   tcp           iperf3 single stream, Gbit/s, client CPU ${CLIENT_CPU}, server CPU ${SERVER_CPU}
   udp64         ${UDP_PAYLOAD}-byte-payload UDP at full speed from trafgen (AF_PACKET, CPU ${CLIENT_CPU}) in pod1;
-                received/s = pod2's Udp NoPorts; sent/s = pod1's eth0 tx_packets
+                received/s = datagrams that reached pod2's sink socket (Udp InDatagrams +
+                RcvbufErrors: it never reads); sent/s = pod1's eth0 tx_packets + tx_dropped
   cpu           system + irq + softirq CPU time of CPU ${CLIENT_CPU} (/proc/stat; trafgen's CPU, where
                 a veth runs the whole path in softirq) per million packets forwarded, trafgen
                 at a fixed PPS (default 20000): ms per Mpkt; the generator's own cost at that
@@ -242,6 +243,27 @@ start_servers() {
   ip netns exec "$ns" "$CONNRATE" server "$addr:$PORT_CONN" 2 >"$WORK/conn-$ns.log" 2>&1 &
   PIDS+=($!)
   bench_wait_listen "$ns" "$PORT_CONN" "connrate server" "$!"
+  # The UDP sink: bound, a small receive buffer, never read. A datagram costs the receiver a
+  # socket lookup and a drop (no port-unreachable, whose route lookup would cost more than
+  # the forwarding being measured).
+  ip netns exec "$ns" python3 -c '
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+s.bind((sys.argv[1], int(sys.argv[2])))
+while True:
+    time.sleep(3600)' "$addr" "$UDP_PORT" >"$WORK/sink-$ns.log" 2>&1 &
+  PIDS+=($!)
+  local i
+  for ((i = 0; i < 100; i++)); do
+    [ -z "$(ip netns exec "$ns" ss -Hlun "sport = :$UDP_PORT")" ] || return 0
+    sleep 0.05
+  done
+  die "the UDP sink did not bind port ${UDP_PORT} in ${ns}"
+}
+
+udp_received() { # udp_received NS: datagrams that reached a UDP socket in NS (queued or dropped)
+  printf '%s\n' "$(($(bench_snmp "$1" Udp InDatagrams) + $(bench_snmp "$1" Udp RcvbufErrors)))"
 }
 
 # Client-side sysctls for the connection rate: many ephemeral ports (TIME_WAIT sits on the
@@ -359,14 +381,14 @@ cpu_ticks() {
   awk -v c="cpu$CLIENT_CPU" '$1 == c { print $4 + $7 + $8 }' /proc/stat
 }
 
-m_udp() { # m_udp [RATE]: pod1 -> pod2 UDP; rx = pod2 Udp NoPorts
+m_udp() { # m_udp [RATE]: pod1 -> pod2 UDP; rx = what reached pod2's sink socket
   local rate=${1:-} r0 r1 tx c0 c1 s0 s1 secs
-  r0=$(bench_snmp "$POD2" Udp NoPorts)
+  r0=$(udp_received "$POD2")
   c0=$(cpu_ticks) s0=$(date +%s.%N)
   tx=$(run_trafgen "$POD1" eth0 "$rate")
   c1=$(cpu_ticks) s1=$(date +%s.%N)
   sleep 0.2 # the last frames in flight
-  r1=$(bench_snmp "$POD2" Udp NoPorts)
+  r1=$(udp_received "$POD2")
   secs=$(awk -v a="$s0" -v b="$s1" 'BEGIN { print b - a }')
   jq -nc --argjson tx "$tx" --argjson rx "$((r1 - r0))" --argjson s "$secs" --argjson ticks "$((c1 - c0))" \
     --argjson hz "$HZ" --arg rate "$rate" '
