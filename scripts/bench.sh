@@ -52,10 +52,11 @@ path of the same rule set; the floor against kernel/none):
   udp64         ${UDP_PAYLOAD}-byte-payload UDP at full speed from trafgen (AF_PACKET, CPU ${CLIENT_CPU}) in pod1;
                 received/s = datagrams that reached pod2's sink socket (Udp InDatagrams +
                 RcvbufErrors: it never reads); sent/s = pod1's eth0 tx_packets + tx_dropped
-  cpu           system + irq + softirq CPU time of CPU ${CLIENT_CPU} (/proc/stat; trafgen's CPU, where
-                a veth runs the whole path in softirq) per million packets forwarded, trafgen
-                at a fixed PPS (default 20000): ms per Mpkt; the generator's own cost at that
-                rate is measured too and shown beside it
+  cpu           CPU time per million packets received, trafgen at a fixed PPS (default
+                20000): trafgen's own user + system time, which on a veth includes the whole
+                path in softirq (tick accounting, no IRQ time accounting), so other work on the
+                machine does not count; ms per Mpkt. The generator's own cost at that rate
+                (into a veth whose peer drops) is measured too and shown beside it
   generator     trafgen's own ceiling: the same frames into a veth whose peer is down (dropped
                 at once, no receiver)
   xdp_live      the XDP program's ceiling on CPU ${CLIENT_CPU}: BPF_PROG_TEST_RUN with live frames into
@@ -148,7 +149,7 @@ mapfile -t RULESETS < <(pick "$RULESETS_ARG" "${ALL_RULESETS[@]}")
 
 [ "$(id -u)" -eq 0 ] || die "run as root (namespaces, XDP/TC programs, bpffs)"
 export PATH="$HOME/.cargo/bin:$PATH"
-for tool in ip iptables-restore iperf3 sockperf trafgen taskset jq awk ss python3 timeout bpftool; do
+for tool in ip iptables-restore iperf3 sockperf trafgen taskset jq awk ss python3 timeout bpftool setsid /usr/bin/time; do
   command -v "$tool" >/dev/null || die "'$tool' not found (scripts/bootstrap.sh installs the bench tools)"
 done
 [ "$(nproc)" -ge 2 ] || die "needs 2 CPUs or more (client and server on different CPUs)"
@@ -353,24 +354,36 @@ tx_offered() { # tx_offered NS DEV: frames the device took or dropped on transmi
 }
 
 # run_trafgen NS DEV [RATE]: trafgen on CPU_CLIENT, AF_PACKET TX ring, no qdisc, one process;
-# prints the frames the device was offered (trafgen's own count covers only its first ring
-# fill). Full speed for DURATION seconds (stopped by SIGINT), or RATE*DURATION frames at RATE
-# pps (trafgen ignores SIGINT in rate mode and stops on its own; its rate mode also needs a
-# device whose peer is up). setsid: trafgen signals its process group when it stops.
+# prints "FRAMES CPU_SECONDS": the frames the device was offered (trafgen's own count covers
+# only its first ring fill) and trafgen's CPU time (user + system, its child included, from
+# /usr/bin/time). The kernel here accounts CPU time by ticks without IRQ time accounting, so a
+# tick that lands in softirq work done in trafgen's context (on a veth: the whole path, up to
+# the pod's socket) counts as trafgen's system time; other work on the machine does not.
+# Full speed for DURATION seconds (stopped by SIGINT), or RATE*DURATION frames at RATE pps
+# (trafgen ignores SIGINT in rate mode and stops on its own; its rate mode also needs a device
+# whose peer is up). setsid: trafgen signals its process group when it stops.
 # --no-sock-mem: leave the host's socket memory sysctls alone.
 run_trafgen() {
-  local ns=$1 dev=$2 rate=${3:-} t0 t1 args=() limit=$DURATION
+  local ns=$1 dev=$2 rate=${3:-} t0 t1 args=() limit=$DURATION rc=0 cpu
   if [ -n "$rate" ]; then
     args+=(--rate "${rate}pps" -n "$((rate * DURATION))")
-    limit=$((DURATION * 2 + 5))
+    limit=$((DURATION * 3 + 5))
   fi
   t0=$(tx_offered "$ns" "$dev")
-  # Status 124: the full-speed run's timeout (its normal stop); 137: it had to be killed.
   ip netns exec "$ns" setsid -w timeout -s INT -k 2 "$limit" taskset -c "$CLIENT_CPU" \
+    /usr/bin/time -f '%U %S' -o "$WORK/trafgen.time" \
     trafgen --dev "$dev" --conf "$WORK/udp.cfg" --cpus 1 --no-sock-mem "${args[@]}" >"$WORK/trafgen.log" 2>&1 \
-    || { [ $? -eq 124 ] && [ -z "$rate" ]; } || { cat "$WORK/trafgen.log" >&2; die "trafgen failed on $dev in $ns"; }
+    || rc=$?
   t1=$(tx_offered "$ns" "$dev")
-  printf '%s\n' "$((t1 - t0))"
+  # 124: stopped by the timeout (the full-speed run's normal end); 137: had to be killed.
+  # Either way the device counters say what was sent.
+  case "$rc" in
+    0 | 124) ;;
+    137) warn "trafgen on $dev in $ns had to be killed (rate ${rate:-full}); counted what it sent" ;;
+    *) cat "$WORK/trafgen.log" >&2; die "trafgen failed on $dev in $ns (status $rc)" ;;
+  esac
+  cpu=$(awk 'NF == 2 && $1 ~ /^[0-9.]+$/ { print $1 + $2; f = 1 } END { if (!f) print "null" }' "$WORK/trafgen.time" 2>/dev/null || echo null)
+  printf '%s %s\n' "$((t1 - t0))" "$cpu"
 }
 
 # system + irq + softirq time of CPU_CLIENT, in USER_HZ ticks. On a veth everything a frame
@@ -382,21 +395,22 @@ cpu_ticks() {
 }
 
 m_udp() { # m_udp [RATE]: pod1 -> pod2 UDP; rx = what reached pod2's sink socket
-  local rate=${1:-} r0 r1 tx c0 c1 s0 s1 secs
+  local rate=${1:-} r0 r1 tx cpu c0 c1 s0 s1 secs
   r0=$(udp_received "$POD2")
   c0=$(cpu_ticks) s0=$(date +%s.%N)
-  tx=$(run_trafgen "$POD1" eth0 "$rate")
+  read -r tx cpu <<<"$(run_trafgen "$POD1" eth0 "$rate")"
   c1=$(cpu_ticks) s1=$(date +%s.%N)
   sleep 0.2 # the last frames in flight
   r1=$(udp_received "$POD2")
   secs=$(awk -v a="$s0" -v b="$s1" 'BEGIN { print b - a }')
   jq -nc --argjson tx "$tx" --argjson rx "$((r1 - r0))" --argjson s "$secs" --argjson ticks "$((c1 - c0))" \
-    --argjson hz "$HZ" --arg rate "$rate" '
+    --argjson hz "$HZ" --arg rate "$rate" --argjson cpu "$cpu" '
     {tx_packets: $tx, rx_packets: $rx, seconds: $s, tx_pps: ($tx / $s), rx_pps: ($rx / $s),
      lost_percent: (if $tx > 0 then ($tx - $rx) / $tx * 100 else null end)}
     + (if $rate == "" then {} else
-       {rate_pps: ($rate | tonumber), cpu_ticks: $ticks,
-        ms_per_mpkt: (if $rx > 0 then $ticks / $hz * 1000 / ($rx / 1e6) else null end)} end)'
+       {rate_pps: ($rate | tonumber), generator_cpu_s: $cpu, cpu0_ticks: $ticks,
+        ms_per_mpkt: (if $rx > 0 and $cpu != null then $cpu * 1000 / ($rx / 1e6) else null end),
+        cpu0_ms_per_mpkt: (if $rx > 0 then $ticks / $hz * 1000 / ($rx / 1e6) else null end)} end)'
 }
 
 # measure METRIC DATAPATH: one metric between pod1 and pod2, path-checked (bench-lib.sh).
@@ -482,19 +496,17 @@ loopback_trial() {
 # alone can send. Then its CPU cost at the cpu metric's fixed rate, into a veth whose peer is up
 # (which drops the frames as not addressed to it: the cheapest receive there is).
 generator_trial() {
-  local tx tx2 c0 c1
+  local tx tx2 cpu cpu2
   ip -n "$GEN_NS" link set gen1 down
-  tx=$(run_trafgen "$GEN_NS" gen0)
+  read -r tx cpu <<<"$(run_trafgen "$GEN_NS" gen0)"
   ip -n "$GEN_NS" link set gen1 up
-  c0=$(cpu_ticks)
-  tx2=$(run_trafgen "$GEN_NS" gen0 "$RATE")
-  c1=$(cpu_ticks)
+  read -r tx2 cpu2 <<<"$(run_trafgen "$GEN_NS" gen0 "$RATE")"
   record "$(jq -nc --argjson t "$1" --argjson tx "$tx" --argjson d "$DURATION" --argjson tx2 "$tx2" \
-    --argjson ticks "$((c1 - c0))" --argjson hz "$HZ" '
+    --argjson cpu2 "$cpu2" '
     {kind: "generator", trial: $t, tx_packets: $tx, tx_pps: ($tx / $d),
-     fixed_rate_packets: $tx2, fixed_rate_cpu_ticks: $ticks,
-     ms_per_mpkt: (if $tx2 > 0 then $ticks / $hz * 1000 / ($tx2 / 1e6) else null end)}')"
-  say "generator ceiling (trafgen -> veth with its peer down): $((tx / DURATION)) pps; at ${RATE} pps: $((c1 - c0)) ticks"
+     fixed_rate_packets: $tx2, fixed_rate_cpu_s: $cpu2,
+     ms_per_mpkt: (if $tx2 > 0 and $cpu2 != null then $cpu2 * 1000 / ($tx2 / 1e6) else null end)}')"
+  say "generator ceiling (trafgen -> veth with its peer down): $((tx / DURATION)) pps; at ${RATE} pps: ${cpu2} s CPU for ${tx2} frames"
 }
 
 # --- the run --------------------------------------------------------------------------------
