@@ -84,20 +84,11 @@ Example: sudo ${PROG} --quick
 EOF
 }
 
-say() { printf '[bench] %s\n' "$*"; }
-step() { printf '\n[bench] === %s\n' "$*"; }
-warn() { printf '[bench] WARNING: %s\n' "$*" >&2; }
-die() {
-  printf '[bench] error: %s\n' "$*" >&2
-  exit 1
-}
-usage_error() {
-  printf '[bench] error: %s\n' "$*" >&2
-  printf "Run '%s --help' for usage.\n" "$PROG" >&2
-  exit 2
-}
+TAG=bench
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # shellcheck source=scripts/bench-lib.sh
-. "$ROOT/scripts/bench-lib.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
 
 # --- arguments ------------------------------------------------------------------------------
 
@@ -108,15 +99,15 @@ while [ $# -gt 0 ]; do
     -h | --help) usage; exit 0 ;;
     --quick) QUICK=1; shift ;;
     --no-build) BUILD=0; shift ;;
-    --trials | --duration | --services | --rules | --rate | --only | --rulesets | --out | --ctl)
-      [ $# -ge 2 ] || usage_error "$1 needs a value"
-      case "$1" in
-        --trials) TRIALS=$2 ;; --duration) DURATION=$2 ;; --services) SERVICES=$2 ;;
-        --rules) RULES=$2 ;; --rate) RATE=$2 ;; --only) ONLY=$2 ;; --rulesets) RULESETS_ARG=$2 ;;
-        --out) OUT=$2 ;; --ctl) CTL_ARG=$2 ;;
-      esac
-      shift 2
-      ;;
+    --trials | --trials=*) opt_arg "$@"; TRIALS=$OPTVAL; shift "$OPTSHIFT" ;;
+    --duration | --duration=*) opt_arg "$@"; DURATION=$OPTVAL; shift "$OPTSHIFT" ;;
+    --services | --services=*) opt_arg "$@"; SERVICES=$OPTVAL; shift "$OPTSHIFT" ;;
+    --rules | --rules=*) opt_arg "$@"; RULES=$OPTVAL; shift "$OPTSHIFT" ;;
+    --rate | --rate=*) opt_arg "$@"; RATE=$OPTVAL; shift "$OPTSHIFT" ;;
+    --only | --only=*) opt_arg "$@"; ONLY=$OPTVAL; shift "$OPTSHIFT" ;;
+    --rulesets | --rulesets=*) opt_arg "$@"; RULESETS_ARG=$OPTVAL; shift "$OPTSHIFT" ;;
+    --out | --out=*) opt_arg "$@"; OUT=$OPTVAL; shift "$OPTSHIFT" ;;
+    --ctl | --ctl=*) opt_arg "$@"; CTL_ARG=$OPTVAL; shift "$OPTSHIFT" ;;
     *) usage_error "unknown argument '$1'" ;;
   esac
 done
@@ -149,9 +140,7 @@ mapfile -t RULESETS < <(pick "$RULESETS_ARG" "${ALL_RULESETS[@]}")
 
 [ "$(id -u)" -eq 0 ] || die "run as root (namespaces, XDP/TC programs, bpffs)"
 export PATH="$HOME/.cargo/bin:$PATH"
-for tool in ip iptables-restore iperf3 sockperf trafgen taskset jq awk ss python3 timeout bpftool setsid /usr/bin/time; do
-  command -v "$tool" >/dev/null || die "'$tool' not found (scripts/bootstrap.sh installs the bench tools)"
-done
+need_tools ip iptables-restore iperf3 sockperf trafgen taskset jq awk ss python3 timeout bpftool setsid /usr/bin/time
 [ "$(nproc)" -ge 2 ] || die "needs 2 CPUs or more (client and server on different CPUs)"
 HZ=$(getconf CLK_TCK)
 
