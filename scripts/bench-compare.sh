@@ -86,6 +86,8 @@ EOF
 TAG=bench-compare
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=scripts/bench-lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
 
 # --- arguments ------------------------------------------------------------------------------
 
@@ -267,16 +269,6 @@ say "bench: namespaces ${NAME}-*, pins ${PIN}"
 
 # --- bench, servers, fast path --------------------------------------------------------------
 
-wait_listen() { # wait_listen PORT WHAT PID
-  local port=$1 what=$2 pid=$3 i
-  for ((i = 0; i < 100; i++)); do
-    kill -0 "$pid" 2>/dev/null || die "$what (pid $pid) exited at start-up"
-    if [ -n "$(ip netns exec "$POD2" ss -Hltn "sport = :$port")" ]; then return 0; fi
-    sleep 0.05
-  done
-  die "$what did not listen on port $port within 5 s"
-}
-
 start_servers() {
   # ip netns exec and taskset exec their argument, so $! is the server's own PID.
   ip netns exec "$POD2" taskset -c "$SERVER_CPU" iperf3 -s -B "$POD2_V4" -p "$IPERF_PORT" \
@@ -285,8 +277,8 @@ start_servers() {
   ip netns exec "$POD2" taskset -c "$RR_SERVER_CPU" sockperf sr --tcp -i "$POD2_V4" -p "$SOCKPERF_PORT" \
     >"$WORK/sockperf-server.log" 2>&1 &
   SOCKPERF_PID=$!
-  wait_listen "$IPERF_PORT" "iperf3 server" "$IPERF_PID"
-  wait_listen "$SOCKPERF_PORT" "sockperf server" "$SOCKPERF_PID"
+  bench_wait_listen "$POD2" "$IPERF_PORT" "iperf3 server" "$IPERF_PID"
+  bench_wait_listen "$POD2" "$SOCKPERF_PORT" "sockperf server" "$SOCKPERF_PID"
   say "servers in ${POD2}: iperf3 pid ${IPERF_PID} on CPU ${SERVER_CPU}, sockperf pid ${SOCKPERF_PID} on CPU ${RR_SERVER_CPU}"
 }
 
@@ -320,49 +312,6 @@ attach_fastpath() { # attach_fastpath xdp|tc|xdp_base|tc_base
   "${CTL_N[@]}" endpoint add "$POD2_V6" --iface "$HV2"
 }
 
-# The attached program's size: {xlated_insns, jited_bytes, verified_insns} (bpftool).
-prog_size() {
-  local id
-  id=$("${CTL_N[@]}" --json status | jq -r '[.interfaces[].program_id // empty][0] // empty')
-  is_uint "$id" || die "status shows no program id for the attached fast path"
-  bpftool -j prog show id "$id" \
-    | jq -c '{program_id: .id, name: .name, xlated_insns: (.bytes_xlated / 8), jited_bytes: .bytes_jited,
-              verified_insns: (.verified_insns // null)}'
-}
-
-check_kernel_path() {
-  # No program of ours may remain: the pins are gone and no XDP program is on the veths.
-  [ ! -e "$PIN" ] || die "pin directory $PIN still exists in a kernel-path scenario"
-  local links
-  links=$(ip -n "$NODE" link show dev "$HV1"; ip -n "$NODE" link show dev "$HV2")
-  if [[ $links == *prog/xdp* ]]; then
-    die "an XDP program is still attached to ${HV1}/${HV2} in a kernel-path scenario"
-  fi
-}
-
-check_reachable() {
-  ip netns exec "$POD1" ping -q -c 1 -W 2 "$POD2_V4" >/dev/null || die "pod1 cannot reach ${POD2_V4}"
-  ip netns exec "$POD1" ping -q -c 1 -W 2 "$POD2_V6" >/dev/null || die "pod1 cannot reach ${POD2_V6}"
-}
-
-# Counter snapshot, tab-separated: redirected packets, redirected bytes, packets the program
-# passed for any other reason (0 0 0 without pins), and the node's IPv4 ForwDatagrams (every
-# packet the kernel path forwarded, through netfilter FORWARD).
-counters() {
-  local fwd
-  fwd=$(ip netns exec "$NODE" awk '$1 == "Ip:" { if (!n) { for (i = 2; i <= NF; i++) if ($i == "ForwDatagrams") c = i; n = 1 } else print $c }' /proc/net/snmp)
-  is_uint "$fwd" || die "could not read ForwDatagrams from /proc/net/snmp in ${NODE}"
-  if [ ! -e "$PIN" ]; then
-    printf '0\t0\t0\t%s\n' "$fwd"
-    return 0
-  fi
-  "${CTL_N[@]}" --json stats | jq -r --argjson fwd "$fwd" '
-    .reasons as $r
-    | [$r.redirected.packets, $r.redirected.bytes,
-       ([$r | to_entries[] | select(.key != "redirected") | .value.packets] | add), $fwd]
-    | @tsv'
-}
-
 # --- measurements: each prints one JSON object --------------------------------------------
 
 measure_tcp() {
@@ -382,19 +331,7 @@ measure_rr() {
   out=$(ip netns exec "$POD1" taskset -c "$CLIENT_CPU" \
     sockperf pp --tcp -i "$POD2_V4" -p "$SOCKPERF_PORT" -t "$DURATION" -m "$RR_MSG_SIZE" --full-rtt 2>&1) \
     || { printf '%s\n' "$out" >&2; die "sockperf ping-pong failed"; }
-  out=$(sed 's/\x1b\[[0-9;]*m//g' <<<"$out")
-  awk '
-    /percentile 50\.000 =/ { p50 = $NF }
-    /percentile 99\.000 =/ { p99 = $NF }
-    /<MIN> observation =/ { mn = $NF }
-    /<MAX> observation =/ { mx = $NF }
-    /Summary: Round trip is/ { avg = $(NF-1) }
-    /Total [0-9]+ observations/ { for (i = 1; i < NF; i++) if ($i == "Total") obs = $(i+1) }
-    END {
-      if (p50 == "" || p99 == "" || obs == "") exit 1
-      printf "{\"p50_us\":%s,\"p99_us\":%s,\"avg_us\":%s,\"min_us\":%s,\"max_us\":%s,\"observations\":%s}\n",
-        p50, p99, (avg == "" ? "null" : avg), (mn == "" ? "null" : mn), (mx == "" ? "null" : mx), obs
-    }' <<<"$out" || { printf '%s\n' "$out" >&2; die "could not parse sockperf output"; }
+  bench_sockperf_json <<<"$out" || { printf '%s\n' "$out" >&2; die "could not parse sockperf output"; }
 }
 
 measure_udp() {
@@ -411,53 +348,29 @@ measure_udp() {
        lost_percent: $r.lost_percent}' <<<"$out"
 }
 
-fastpath_fail() { # shows the program's counters (the pins go in the cleanup), then dies
-  printf '[bench-compare] counters of the fast path at the failure:\n' >&2
-  "${CTL_N[@]}" stats >&2 || true
-  die "$*"
-}
-
 # measure METRIC DATAPATH: runs one metric, checks which path carried it, prints its JSON
 # with the counter deltas added. Fast path: 'redirected' must grow and cover the traffic the
 # receiver saw (every RR request, every UDP datagram received, every TCP byte received: the
 # counter counts whole frames, both directions). Kernel path: the node must have forwarded it.
 measure() {
-  local metric=$1 dp=$2 before after res rp0 rb0 op0 fw0 rp1 rb1 op1 fw1 drp drb dop dfw need what
-  before=$(counters)
+  local metric=$1 dp=$2 before after res need what unit=packets
+  before=$(bench_counters)
   res=$("measure_$metric")
-  after=$(counters)
-  IFS=$'\t' read -r rp0 rb0 op0 fw0 <<<"$before"
-  IFS=$'\t' read -r rp1 rb1 op1 fw1 <<<"$after"
-  drp=$((rp1 - rp0)) drb=$((rb1 - rb0)) dop=$((op1 - op0)) dfw=$((fw1 - fw0))
+  after=$(bench_counters)
   case "$metric" in
-    tcp) need=$(jq -r .bytes_received <<<"$res") what="TCP bytes received" ;;
+    tcp) need=$(jq -r .bytes_received <<<"$res") what="TCP bytes received" unit=bytes ;;
     rr) need=$(jq -r .observations <<<"$res") what="ping-pong round trips" ;;
     udp) need=$(jq -r .rx_packets <<<"$res") what="UDP datagrams received" ;;
   esac
-  if [ "$dp" = kernel ]; then
-    [ "$dfw" -gt 0 ] || die "kernel: the node forwarded nothing during the ${metric} measurement"
-    [ "$metric" = tcp ] || [ "$dfw" -ge "$need" ] \
-      || die "kernel: the node forwarded ${dfw} packets for ${need} ${what}: something else carried them"
-    res=$(jq -c --argjson f "$dfw" '. + {kernel_forwarded_packets: $f}' <<<"$res")
-  else
-    [ "$drp" -gt 0 ] \
-      || fastpath_fail "${dp}: 'redirected' did not grow during the ${metric} measurement (passed to the kernel: ${dop} packets, node forwarded ${dfw}): it did not use the fast path"
-    local got=$drp
-    [ "$metric" != tcp ] || got=$drb
-    [ "$got" -ge "$need" ] \
-      || fastpath_fail "${dp}: redirected ${drp} packets / ${drb} bytes for ${need} ${what}, while the program passed ${dop} packets to the kernel and the node forwarded ${dfw}: part of the ${metric} traffic took the kernel path (reasons above)"
-    res=$(jq -c --argjson p "$drp" --argjson b "$drb" --argjson o "$dop" --argjson f "$dfw" \
-      '. + {redirected_packets: $p, redirected_bytes: $b, passed_packets: $o, kernel_forwarded_packets: $f}' <<<"$res")
-  fi
-  printf '%s\n' "$res"
+  jq -c --argjson d "$(bench_check_path "$dp" "$metric" "$before" "$after" "$need" "$unit" "$what")" '. + $d' <<<"$res"
 }
 
 run_trial() { # run_trial DATAPATH RULES TRIAL
   local dp=$1 rules=$2 trial=$3 scen tcp rr udp prog='null'
   scen=$dp-$rules
   step "${scen}: trial ${trial}/${TRIALS}"
-  if [ "$dp" = kernel ]; then check_kernel_path; else attach_fastpath "$dp"; prog=$(prog_size); fi
-  check_reachable
+  if [ "$dp" = kernel ]; then bench_check_kernel_path; else attach_fastpath "$dp"; prog=$(bench_prog_size); fi
+  bench_check_reachable
   say "${scen}: TCP throughput (iperf3, ${DURATION}s)"
   tcp=$(measure tcp "$dp")
   say "${scen}: request/response latency (sockperf ping-pong TCP, ${DURATION}s)"

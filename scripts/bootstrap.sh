@@ -17,7 +17,7 @@ NIGHTLY=${XDP_FASTPATH_NIGHTLY:-nightly}
 
 APT_PKGS=(
   "llvm-${LLVM_MAJOR}-dev" "libpolly-${LLVM_MAJOR}-dev" libzstd-dev zlib1g-dev
-  iproute2 iptables iputils-ping ethtool iperf3 sockperf netsniff-ng bpftool procps kmod
+  iproute2 iptables iputils-ping ethtool iperf3 sockperf netsniff-ng bpftool procps kmod time
   util-linux python3 jq
 )
 

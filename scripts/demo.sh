@@ -59,8 +59,8 @@ step "slow path (kernel routing + $RULES FORWARD rules)"
 echo "IPv4 TCP: $(iperf 10.244.0.2)   ping: $(rtt 10.244.0.2)"
 echo "IPv6 TCP: $(iperf fd00::2)   ping: $(rtt fd00::2)"
 
-step "attach the fast path to the pods' host veths"
-"${CTL_N[@]}" attach "$HV1" "$HV2"
+step "attach the fast path to the pods' host veths (XDP first; tc is the default, below)"
+"${CTL_N[@]}" attach --datapath xdp "$HV1" "$HV2"
 for i in 1 2; do
   "${CTL_N[@]}" endpoint add "10.244.0.$i" --iface "${NAME}h$i"
   "${CTL_N[@]}" endpoint add "fd00::$i" --iface "${NAME}h$i"

@@ -485,7 +485,7 @@ fn restart_after_ifindex_reuse_leaves_the_new_interface_alone() {
     let ctl = b.xdp_ctl();
     let (node, pod2, hv2) = (b.node_ns(), b.pod_ns(2), b.host_veth(2));
     // XDP: the controller records pod 2's original settings when it prepares its eth0.
-    let mut first = b.controller(&[]);
+    let mut first = b.controller(&["--datapath", "xdp"]);
     first.wait_ready(READY);
     first.kill9();
 
@@ -509,7 +509,7 @@ fn restart_after_ifindex_reuse_leaves_the_new_interface_alone() {
     assert_eq!(settings, ("on".to_string(), "off".to_string()));
 
     // The restarted controller forgets pod 2 without touching the interface now at its index.
-    let mut second = b.controller(&[]);
+    let mut second = b.controller(&["--datapath", "xdp"]);
     second.wait_ready(READY);
     let want = b.expected_endpoints(&[1], true);
     let got = ctl.endpoints();
@@ -543,7 +543,7 @@ fn kill_9_keeps_the_flow_and_a_restart_converges() {
     let b = Bench::up(3);
     b.drop_pod_forwarding();
     let ctl = b.xdp_ctl();
-    let mut first = b.controller(&[]);
+    let mut first = b.controller(&["--datapath", "xdp"]);
     first.wait_ready(READY);
     let before = ctl.endpoints();
     let want = b.expected_endpoints(&[1, 2, 3], true);
@@ -596,7 +596,7 @@ fn kill_9_keeps_the_flow_and_a_restart_converges() {
         "the interfaces changed after kill -9"
     );
 
-    let mut second = b.controller(&[]);
+    let mut second = b.controller(&["--datapath", "xdp"]);
     let st = second.wait_ready(READY);
     let after = ctl.endpoints();
     assert!(
@@ -653,7 +653,7 @@ fn not_ready_until_the_first_reconcile_and_drift_is_repaired() {
     assert!(ctl.endpoints().is_empty());
 
     let lock = PinDirLock::acquire(b.pin_dir()).unwrap_or_else(|e| panic!("{e}"));
-    let mut c = b.controller(&["--resync-interval", "0.5"]);
+    let mut c = b.controller(&["--datapath", "xdp", "--resync-interval", "0.5"]);
     let pid = u64::from(c.pid());
     let st = poll_until(READY, || {
         let s = ctl.controller_status()?;

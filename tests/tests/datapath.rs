@@ -841,7 +841,12 @@ fn cli_bad_input_fails_cleanly() {
     let b = Bench::up(2);
     let ctl = b.xdp_ctl();
     let (hv1, hv2) = (b.host_veth(1), b.host_veth(2));
+    // No --datapath: tc, since this kernel has TCX (6.6+; the tests need it anyway).
     ctl.run_ok(&["attach", &hv1]);
+    let st = ctl
+        .interface_status(&hv1)
+        .unwrap_or_else(|| panic!("{hv1} not attached"));
+    assert_eq!(st["datapath"], "tc", "the default datapath: {st}");
 
     let out = ctl.run(&["endpoint", "add", "10.244.0.300", "--iface", &hv1]);
     assert_clean_failure(&out, Some("10.244.0.300"));

@@ -23,3 +23,4 @@ pub mod nl;
 pub mod ops;
 pub mod pin;
 pub mod pod;
+pub mod probe;

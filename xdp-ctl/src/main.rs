@@ -46,9 +46,10 @@ enum Cmd {
     /// running. All-or-nothing: on any failure nothing changes. On an interface attached with
     /// the other datapath, switches it (the new program runs before the old one goes).
     Attach {
-        /// Which hook carries the fast path.
-        #[arg(long, value_enum, default_value_t = Datapath::Xdp)]
-        datapath: Datapath,
+        /// Which hook carries the fast path [default: tc where the kernel has TCX (6.6+),
+        /// else xdp].
+        #[arg(long, value_enum)]
+        datapath: Option<Datapath>,
         /// XDP attach mode (ignored with --datapath tc).
         #[arg(long, value_enum, default_value_t = Mode::Native)]
         mode: Mode,
@@ -142,9 +143,10 @@ struct RunArgs {
         value_delimiter = ','
     )]
     exclude: Vec<Prefix>,
-    /// Which hook carries the fast path.
-    #[arg(long, value_enum, default_value_t = Datapath::Xdp, env = "XDP_FASTPATH_DATAPATH")]
-    datapath: Datapath,
+    /// Which hook carries the fast path [default: tc where the kernel has TCX (6.6+), else
+    /// xdp].
+    #[arg(long, value_enum, env = "XDP_FASTPATH_DATAPATH")]
+    datapath: Option<Datapath>,
     /// XDP attach mode (ignored with --datapath tc).
     #[arg(long, value_enum, default_value_t = Mode::Native, env = "XDP_FASTPATH_MODE")]
     mode: Mode,
@@ -159,6 +161,18 @@ struct RunArgs {
     #[arg(long, value_name = "ADDR", default_value = xdp_ctl::http::DEFAULT_LISTEN,
           env = "XDP_FASTPATH_LISTEN")]
     listen: xdp_ctl::http::Listen,
+}
+
+/// The asked-for datapath, else the kernel's default (`probe`), saying so on stderr when the
+/// preferred `tc` is not available.
+fn datapath_or_default(asked: Option<Datapath>) -> Datapath {
+    asked.unwrap_or_else(|| {
+        let d = xdp_ctl::probe::default_datapath();
+        if let Some(why) = &d.fallback {
+            eprintln!("xdp-ctl: note: {why}");
+        }
+        d.datapath
+    })
 }
 
 fn positive_secs(s: &str) -> Result<f64, String> {
@@ -255,7 +269,12 @@ fn run(cli: &Cli) -> Result<()> {
             datapath,
             mode,
             ifaces,
-        } => out.attach(&attach::attach(&pins, ifaces, *datapath, *mode)?),
+        } => out.attach(&attach::attach(
+            &pins,
+            ifaces,
+            datapath_or_default(*datapath),
+            *mode,
+        )?),
         Cmd::Detach { ifaces, all } => {
             let which = if *all { None } else { Some(ifaces.as_slice()) };
             out.detach(pins.root(), &attach::detach(&pins, which)?);
@@ -317,7 +336,7 @@ fn run_options(a: &RunArgs) -> Result<xdp_ctl::controller::RunOptions> {
             meshed: a.meshed.clone(),
             exclude: a.exclude.clone(),
         },
-        datapath: a.datapath,
+        datapath: datapath_or_default(a.datapath),
         mode: a.mode,
         resync_interval: std::time::Duration::from_secs_f64(a.resync_interval),
         detach_on_exit: a.detach_on_exit,
