@@ -567,6 +567,38 @@ impl Bench {
         ]);
     }
 
+    /// What kube-proxy puts first in the node's FORWARD chain (IPv4 and IPv6): a `KUBE-FORWARD`
+    /// chain that DROPs `--ctstate INVALID` and ACCEPTs `RELATED,ESTABLISHED`, with
+    /// `nf_conntrack_tcp_be_liberal=0` (the default) and loose pickup on: a flow whose
+    /// conntrack entry went stale dies here, as on a real node.
+    #[track_caller]
+    pub fn kube_proxy_forward(&self) {
+        for ipt in ["iptables", "ip6tables"] {
+            self.node_exec(&[ipt, "-N", "KUBE-FORWARD"]);
+            self.node_exec(&[ipt, "-I", "FORWARD", "1", "-j", "KUBE-FORWARD"]);
+            for (state, verdict) in [("INVALID", "DROP"), ("RELATED,ESTABLISHED", "ACCEPT")] {
+                self.node_exec(&[
+                    ipt,
+                    "-A",
+                    "KUBE-FORWARD",
+                    "-m",
+                    "conntrack",
+                    "--ctstate",
+                    state,
+                    "-j",
+                    verdict,
+                ]);
+            }
+        }
+        // The conntrack module is loaded by the rules above; its TCP sysctls are per namespace.
+        self.node_exec(&[
+            "sysctl",
+            "-qw",
+            "net.netfilter.nf_conntrack_tcp_be_liberal=0",
+        ]);
+        self.node_exec(&["sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_loose=1"]);
+    }
+
     /// Packets that hit the DROP rules of [`Bench::drop_pod_forwarding`]: (IPv4, IPv6).
     #[track_caller]
     pub fn forward_drops(&self) -> (u64, u64) {

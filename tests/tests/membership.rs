@@ -217,18 +217,7 @@ fn sidecar_port_follows_listeners(dp: Datapath) {
         "-j",
         "DROP",
     ]);
-    b.node_exec(&[
-        "iptables",
-        "-I",
-        "FORWARD",
-        "1",
-        "-m",
-        "conntrack",
-        "--ctstate",
-        "INVALID",
-        "-j",
-        "DROP",
-    ]);
+    b.kube_proxy_forward();
     let flow = TcpFlow::start(
         &b.pod_ns(1),
         &b.pod_ns(2),

@@ -60,39 +60,7 @@ fn kube_proxy(b: &Bench, backend: u32) {
     let node = |args: &[&str]| {
         b.node_exec(args);
     };
-    for ipt in ["iptables", "ip6tables"] {
-        node(&[ipt, "-N", "KUBE-FORWARD"]);
-        node(&[ipt, "-I", "FORWARD", "1", "-j", "KUBE-FORWARD"]);
-        node(&[
-            ipt,
-            "-A",
-            "KUBE-FORWARD",
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "INVALID",
-            "-j",
-            "DROP",
-        ]);
-        node(&[
-            ipt,
-            "-A",
-            "KUBE-FORWARD",
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "RELATED,ESTABLISHED",
-            "-j",
-            "ACCEPT",
-        ]);
-    }
-    // The conntrack module is loaded by the rules above; its TCP sysctls are per namespace.
-    node(&[
-        "sysctl",
-        "-qw",
-        "net.netfilter.nf_conntrack_tcp_be_liberal=0",
-    ]);
-    node(&["sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_loose=1"]);
+    b.kube_proxy_forward();
     node(&["ip", "addr", "add", &format!("{NODE_IP}/32"), "dev", "lo"]);
 
     let nat = |args: &[&str]| {
