@@ -40,6 +40,10 @@ need_tools bpftool jq ip sockperf taskset
 NAME=xbp$$
 NODE=$NAME-node
 PIN=/sys/fs/bpf/xfp-bench-prog-$$
+# kernel.bpf_stats_enabled is one switch for the whole host: two runs at once would restore each
+# other's saved value (and leave it on). One run at a time.
+exec 9>/run/lock/xdp-fastpath-bench-prog.lock
+flock 9
 STATS_WAS=$(sysctl -n kernel.bpf_stats_enabled)
 SERVER_PID=""
 cleanup() {
