@@ -541,30 +541,27 @@ impl Bench {
     /// deliver pod-to-pod packets, only the fast path can.
     #[track_caller]
     pub fn drop_pod_forwarding(&self) {
-        self.node_exec(&[
-            "iptables",
-            "-I",
-            "FORWARD",
-            "1",
-            "-s",
-            "10.244.0.0/16",
-            "-d",
-            "10.244.0.0/16",
-            "-j",
-            "DROP",
-        ]);
-        self.node_exec(&[
-            "ip6tables",
-            "-I",
-            "FORWARD",
-            "1",
-            "-s",
-            "fd00::/64",
-            "-d",
-            "fd00::/64",
-            "-j",
-            "DROP",
-        ]);
+        self.pod_forwarding_drop(true);
+    }
+
+    /// Deletes the rules of [`Bench::drop_pod_forwarding`]: the kernel path delivers again.
+    #[track_caller]
+    pub fn allow_pod_forwarding(&self) {
+        self.pod_forwarding_drop(false);
+    }
+
+    #[track_caller]
+    fn pod_forwarding_drop(&self, on: bool) {
+        for (tool, net) in [("iptables", "10.244.0.0/16"), ("ip6tables", "fd00::/64")] {
+            let mut args = vec![tool];
+            if on {
+                args.extend(["-I", "FORWARD", "1"]);
+            } else {
+                args.extend(["-D", "FORWARD"]);
+            }
+            args.extend(["-s", net, "-d", net, "-j", "DROP"]);
+            self.node_exec(&args);
+        }
     }
 
     /// What kube-proxy puts first in the node's FORWARD chain (IPv4 and IPv6): a `KUBE-FORWARD`

@@ -206,17 +206,7 @@ fn sidecar_port_follows_listeners(dp: Datapath) {
 
     // A flow born on the fast path survives pod 2 leaving the mesh: the DROP rules go, and
     // kube-proxy's INVALID drop comes in (DESIGN.md section 3a).
-    b.node_exec(&[
-        "iptables",
-        "-D",
-        "FORWARD",
-        "-s",
-        "10.244.0.0/16",
-        "-d",
-        "10.244.0.0/16",
-        "-j",
-        "DROP",
-    ]);
+    b.allow_pod_forwarding();
     b.kube_proxy_forward();
     let flow = TcpFlow::start(
         &b.pod_ns(1),

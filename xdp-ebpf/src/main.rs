@@ -71,22 +71,33 @@ pub fn xdp_fastpath(ctx: XdpContext) -> u32 {
     };
     match fastpath::decide(&pkt, ingress, target_check) {
         Verdict::Pass(reason) => {
-            fastpath::count(reason, pkt.len());
-            if monitor::enabled() {
-                let meta = monitor::meta(reason as u8, ACTION_PASS, HOOK_XDP, pkt.len());
-                monitor::emit(ctx.data(), ctx.data_end(), u64::from(ingress), meta);
-            }
+            let (start, end) = (ctx.data(), ctx.data_end());
+            account(
+                HOOK_XDP,
+                reason,
+                ACTION_PASS,
+                start,
+                end,
+                pkt.len(),
+                ingress,
+                0,
+            );
             xdp_action::XDP_PASS
         }
         Verdict::Forward(fwd) => {
             fastpath::rewrite(&pkt, &fwd);
-            fastpath::count(Reason::Redirected, pkt.len());
-            if monitor::enabled() {
-                let meta = monitor::meta(0, ACTION_REDIRECT, HOOK_XDP, pkt.len());
-                let egress = fwd.endpoint.ifindex;
-                let ifaces = u64::from(ingress) | u64::from(egress) << 32;
-                monitor::emit(ctx.data(), ctx.data_end(), ifaces, meta);
-            }
+            let (start, end, egress) = (ctx.data(), ctx.data_end(), fwd.endpoint.ifindex);
+            let reason = Reason::Redirected;
+            account(
+                HOOK_XDP,
+                reason,
+                ACTION_REDIRECT,
+                start,
+                end,
+                pkt.len(),
+                ingress,
+                egress,
+            );
             xdp_action::XDP_REDIRECT
         }
     }
@@ -135,22 +146,24 @@ pub fn tc_fastpath(ctx: TcContext) -> i32 {
     };
     match fastpath::decide(&pkt, ingress, target_check) {
         Verdict::Pass(reason) => {
-            fastpath::count(reason, len);
-            if monitor::enabled() {
-                let meta = monitor::meta(reason as u8, ACTION_PASS, HOOK_TC, len);
-                monitor::emit(ctx.data(), ctx.data_end(), u64::from(ingress), meta);
-            }
+            let (start, end) = (ctx.data(), ctx.data_end());
+            account(HOOK_TC, reason, ACTION_PASS, start, end, len, ingress, 0);
             TC_ACT_OK as i32
         }
         Verdict::Forward(fwd) => {
             fastpath::rewrite(&pkt, &fwd);
-            fastpath::count(Reason::Redirected, len);
-            if monitor::enabled() {
-                let meta = monitor::meta(0, ACTION_REDIRECT, HOOK_TC, len);
-                let egress = fwd.endpoint.ifindex;
-                let ifaces = u64::from(ingress) | u64::from(egress) << 32;
-                monitor::emit(ctx.data(), ctx.data_end(), ifaces, meta);
-            }
+            let (start, end, egress) = (ctx.data(), ctx.data_end(), fwd.endpoint.ifindex);
+            let reason = Reason::Redirected;
+            account(
+                HOOK_TC,
+                reason,
+                ACTION_REDIRECT,
+                start,
+                end,
+                len,
+                ingress,
+                egress,
+            );
             // SAFETY: plain helper call; flags must be 0. It cannot fail for flags 0: it
             // returns TC_ACT_REDIRECT and the skb moves to the peer of the target veth (the
             // target pod's eth0), in the pod's namespace, after we return.
@@ -177,6 +190,31 @@ fn tc_fits_mtu(skb: *mut __sk_buff, ifindex: u32) -> Reason {
     } {
         0 => Reason::Redirected,
         _ => Reason::MtuExceeded,
+    }
+}
+
+/// The bookkeeping both hooks do for every packet: its counter and, only when a monitor
+/// listens, a sampled event (`egress` 0 for a pass).
+#[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "inlined into both hooks; scalars only"
+)]
+fn account(
+    hook: u8,
+    reason: Reason,
+    action: u8,
+    start: usize,
+    end: usize,
+    len: usize,
+    ingress: u32,
+    egress: u32,
+) {
+    fastpath::count(reason, len);
+    if monitor::enabled() {
+        let meta = monitor::meta(reason as u8, action, hook, len);
+        let ifaces = u64::from(ingress) | u64::from(egress) << 32;
+        monitor::emit(start, end, ifaces, meta);
     }
 }
 
