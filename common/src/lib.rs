@@ -11,7 +11,9 @@
 /// upgraded `xdp-ctl` never reinterprets maps pinned by an older one.
 ///
 /// 2: `COUNTERS` grew (flow and MTU reasons), `FLOWS` and `KERNEL_SOCKETS` added.
-pub const LAYOUT_VERSION: u32 = 2;
+/// 3: across nodes: `COUNTERS` grew, `UPLINKS`, `REMOTE_V4`, `REMOTE_V6` added, `Attachment`
+///    carries a role.
+pub const LAYOUT_VERSION: u32 = 3;
 
 pub mod monitor;
 
@@ -28,6 +30,9 @@ pub mod map_names {
     pub const MONITOR_CONFIG: &str = "MONITOR_CONFIG";
     pub const MONITOR_EVENTS: &str = "MONITOR_EVENTS";
     pub const MONITOR_STATS: &str = "MONITOR_STATS";
+    pub const UPLINKS: &str = "UPLINKS";
+    pub const REMOTE_V4: &str = "REMOTE_V4";
+    pub const REMOTE_V6: &str = "REMOTE_V6";
 }
 
 /// Capacity of each endpoint trie (pod addresses or prefixes per address family).
@@ -45,6 +50,47 @@ pub const MAX_KERNEL_SOCKETS: u32 = 65_536;
 
 /// The endpoint is a meshed pod: traffic between two meshed local pods may bypass netfilter.
 pub const EP_F_MESHED: u32 = 1 << 0;
+
+/// Capacity of each remote-prefix trie (`REMOTE_V4`, `REMOTE_V6`).
+pub const MAX_REMOTE_PREFIXES: u32 = 4_096;
+/// Capacity of `UPLINKS` (a node's uplink interfaces).
+pub const MAX_UPLINKS: u32 = 64;
+
+/// Value of `REMOTE_V4` / `REMOTE_V6` (LPM tries keyed like the endpoint tries): pod addresses on
+/// other nodes. Meshed pods there are reached through an uplink: a local meshed pod's packets to
+/// them leave through the uplink the FIB names, and theirs arriving on an uplink go straight into
+/// the local pod. A longer prefix without `REMOTE_F_MESHED` carves an exception out of a shorter
+/// one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Remote {
+    /// `REMOTE_F_*` bits (host byte order).
+    pub flags: u32,
+    /// The uplink ifindex these addresses must be reached through and arrive on (host byte
+    /// order); 0: any attached uplink.
+    pub uplink: u32,
+}
+
+impl Remote {
+    pub const fn is_meshed(&self) -> bool {
+        self.flags & REMOTE_F_MESHED != 0
+    }
+}
+
+/// The remote prefix holds meshed pods.
+pub const REMOTE_F_MESHED: u32 = 1 << 0;
+
+/// Value of `UPLINKS` (keyed by ifindex): an interface towards other nodes that carries the
+/// uplink program. The datapath reads it to accept frames arriving on the uplink (they must be
+/// addressed to its MAC) and to redirect out of it only when the FIB names an uplink.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Uplink {
+    /// The uplink's MAC (network order, as in a frame).
+    pub mac: [u8; 6],
+    /// Explicit padding; always zero.
+    pub pad: [u8; 2],
+}
 
 /// LPM trie key data for IPv4: the address in network byte order. (The trie key is
 /// `{ prefix_len: u32 (host order), data }`, provided by aya on both sides.)
@@ -190,8 +236,8 @@ pub struct Attachment {
     pub mode: u8,
     /// `ATT_F_*` bits describing the pod-side settings before we changed them.
     pub prep_flags: u8,
-    /// Explicit padding; always zero.
-    pub pad: u8,
+    /// `ATT_ROLE_*`: a pod's host veth or an uplink.
+    pub role: u8,
     /// Interface name at attach time, NUL padded (informational; the ifindex is the key).
     pub name: [u8; 16],
 }
@@ -206,6 +252,10 @@ pub const ATT_MODE_TCX: u8 = 3;
 pub const ATT_F_PREPARED: u8 = 1 << 0;
 pub const ATT_F_ORIG_GRO_ON: u8 = 1 << 1;
 pub const ATT_F_ORIG_TX_CSUM_ON: u8 = 1 << 2;
+/// A pod's host-side veth (the pod program: local and outgoing cross-node traffic).
+pub const ATT_ROLE_POD: u8 = 0;
+/// An uplink towards other nodes (the uplink program: incoming cross-node traffic).
+pub const ATT_ROLE_UPLINK: u8 = 1;
 
 /// What the controller (`xdp-ctl run`) reports about itself: the single entry of the
 /// `CONTROLLER` array. The datapath never reads it; it lives on bpffs so that `xdp-ctl status`
@@ -305,10 +355,23 @@ pub enum Reason {
     /// sends the ICMP error. (Redirected, it would be dropped by veth or handed to the pod
     /// oversize.)
     MtuExceeded = 21,
+    /// Towards a meshed remote pod, but the FIB has no neighbour entry for the next hop yet:
+    /// the kernel path resolves it.
+    NoNeighbour = 22,
+    /// Towards a meshed remote pod, but the FIB gives no forwarding route (unreachable,
+    /// blackhole, prohibit, local, forwarding disabled on the ingress interface).
+    NoRoute = 23,
+    /// Towards a meshed remote pod, but the route leaves through an interface that is no
+    /// attached uplink (an overlay or tunnel device, another NIC, a local veth), or not the
+    /// uplink the remote prefix names.
+    NotUplink = 24,
+    /// Encapsulated traffic: IP-in-IP, IPv6-in-IPv4, GRE, or on an uplink UDP to a VXLAN,
+    /// Geneve or WireGuard port. Overlays stay on the kernel path.
+    Encapsulated = 25,
 }
 
 /// Number of reasons; the size of the `COUNTERS` array.
-pub const REASON_COUNT: u32 = 22;
+pub const REASON_COUNT: u32 = 26;
 
 impl Reason {
     /// Every reason, in discriminant order.
@@ -335,6 +398,10 @@ impl Reason {
         Reason::OtherProtocol,
         Reason::FlowTableFull,
         Reason::MtuExceeded,
+        Reason::NoNeighbour,
+        Reason::NoRoute,
+        Reason::NotUplink,
+        Reason::Encapsulated,
     ];
 
     /// Stable snake-case name, used by `xdp-ctl stats` and metrics.
@@ -362,6 +429,10 @@ impl Reason {
             Reason::OtherProtocol => "other_protocol",
             Reason::FlowTableFull => "flow_table_full",
             Reason::MtuExceeded => "mtu_exceeded",
+            Reason::NoNeighbour => "no_neighbour",
+            Reason::NoRoute => "no_route",
+            Reason::NotUplink => "not_uplink",
+            Reason::Encapsulated => "encapsulated",
         }
     }
 
@@ -471,6 +542,21 @@ pub mod pkt {
     pub const IPPROTO_TCP: u8 = 6;
     pub const IPPROTO_UDP: u8 = 17;
     pub const IPPROTO_ICMPV6: u8 = 58;
+    /// IP-in-IP, IPv6-in-IP and GRE: encapsulations overlays use.
+    pub const IPPROTO_IPIP: u8 = 4;
+    pub const IPPROTO_IPV6: u8 = 41;
+    pub const IPPROTO_GRE: u8 = 47;
+
+    /// True for a UDP destination port that overlays use (VXLAN 4789, Linux/flannel VXLAN 8472,
+    /// Geneve 6081, WireGuard 51820 and Cilium's 51871), in network order as read from the
+    /// packet in the machine's order (`u16::from_ne_bytes` of the two bytes).
+    #[inline(always)]
+    pub const fn udp_port_is_overlay(port_as_read: u16) -> bool {
+        matches!(
+            u16::from_be(port_as_read),
+            4789 | 8472 | 6081 | 51820 | 51871
+        )
+    }
 
     /// TCP header flags (byte 13 of the header).
     pub const TCP_FIN: u8 = 0x01;
@@ -556,6 +642,8 @@ mod user {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::Flow {}
     unsafe impl aya::Pod for super::SocketKey {}
+    unsafe impl aya::Pod for super::Remote {}
+    unsafe impl aya::Pod for super::Uplink {}
 }
 
 #[cfg(test)]

@@ -20,6 +20,9 @@ pub const ACTION_REDIRECT: u8 = 1;
 /// `MonitorEvent::hook`.
 pub const HOOK_XDP: u8 = 1;
 pub const HOOK_TC: u8 = 2;
+/// The uplink programs (incoming cross-node traffic).
+pub const HOOK_XDP_UPLINK: u8 = 3;
+pub const HOOK_TC_UPLINK: u8 = 4;
 
 /// Slots of the per-CPU `MONITOR_STATS` array (`u64` each). Touched only while a monitor is
 /// enabled: with none, they stay where they are.

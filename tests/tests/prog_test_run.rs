@@ -642,7 +642,7 @@ impl Hook {
                         datapath: ATT_DATAPATH_TC,
                         mode: ATT_MODE_TCX,
                         prep_flags: 0,
-                        pad: 0,
+                        role: 0,
                         name,
                     };
                     att.insert(port, record, 0)?;
@@ -2233,7 +2233,15 @@ fn flow_cases() -> Vec<Case> {
                 EP_B,
                 IPPROTO_GRE,
                 udp_ports(1, 2),
-                Pass(Reason::OtherProtocol),
+                Pass(Reason::Encapsulated),
+            ),
+            case(
+                "ip in ip",
+                EP_A,
+                EP_B,
+                4,
+                udp_ports(1, 2),
+                Pass(Reason::Encapsulated),
             ),
             case(
                 "the other family's icmp",

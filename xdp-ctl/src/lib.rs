@@ -8,6 +8,9 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub const XDP_PROGRAM: &str = "xdp_fastpath";
 /// Name of the TC (TCX ingress) program in `EBPF_OBJECT`.
 pub const TC_PROGRAM: &str = "tc_fastpath";
+/// Names of the uplink programs (incoming cross-node traffic).
+pub const XDP_UPLINK_PROGRAM: &str = "xdp_uplink";
+pub const TC_UPLINK_PROGRAM: &str = "tc_uplink";
 
 pub mod attach;
 pub mod bpffs;
@@ -24,3 +27,4 @@ pub mod ops;
 pub mod pin;
 pub mod pod;
 pub mod probe;
+pub mod remote;

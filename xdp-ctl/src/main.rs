@@ -53,8 +53,15 @@ enum Cmd {
         /// XDP attach mode (ignored with --datapath tc).
         #[arg(long, value_enum, default_value_t = Mode::Native)]
         mode: Mode,
-        #[arg(required = true, value_name = "IFACE")]
+        /// Pod host-side veths.
+        #[arg(value_name = "IFACE", required_unless_present = "uplinks")]
         ifaces: Vec<String>,
+        /// An uplink towards other nodes (repeatable): its program takes packets from meshed
+        /// remote pods (`xdp-ctl remote`) straight into meshed local pods. With --datapath xdp
+        /// it is also an XDP redirect target of the pods' programs (the driver must support
+        /// XDP transmit).
+        #[arg(long = "uplink", value_name = "IFACE")]
+        uplinks: Vec<String>,
     },
     /// Detach from IFACEs (or all), restore the pods' interface settings, and remove the pins
     /// when nothing stays attached.
@@ -72,6 +79,11 @@ enum Cmd {
     /// Manage the local pod endpoints the datapath forwards to.
     #[command(subcommand)]
     Endpoint(EndpointCmd),
+    /// Manage the pod prefixes of other nodes: meshed local pods exchange traffic with meshed
+    /// remote pods through the uplinks (`attach --uplink`), skipping the host's netfilter on
+    /// this node.
+    #[command(subcommand)]
+    Remote(RemoteCmd),
     /// Run the controller: follow links, routes and neighbours over rtnetlink and keep the
     /// datapath equal to the node's pods (attach pod veths as they appear, program their
     /// endpoints, forget them when they go). Stops on SIGTERM/SIGINT; the datapath stays.
@@ -196,6 +208,29 @@ enum EndpointCmd {
     List,
 }
 
+#[derive(Subcommand)]
+enum RemoteCmd {
+    /// Add or replace a remote pod prefix, e.g. another node's pod CIDR.
+    Add {
+        #[arg(value_name = "IP[/PREFIX]")]
+        prefix: Prefix,
+        /// These addresses are reached through (and arrive on) this attached uplink only
+        /// [default: any attached uplink].
+        #[arg(long, value_name = "IFACE")]
+        via: Option<String>,
+        /// An exception inside a meshed prefix: these pods are not in the mesh.
+        #[arg(long)]
+        not_meshed: bool,
+    },
+    /// Remove a remote prefix.
+    Del {
+        #[arg(value_name = "IP[/PREFIX]")]
+        prefix: Prefix,
+    },
+    /// List remote prefixes.
+    List,
+}
+
 #[derive(Args)]
 struct EndpointAdd {
     /// Pod address or prefix, e.g. 10.244.0.5 or fd00::5/128.
@@ -269,9 +304,11 @@ fn run(cli: &Cli) -> Result<()> {
             datapath,
             mode,
             ifaces,
+            uplinks,
         } => out.attach(&attach::attach(
             &pins,
             ifaces,
+            uplinks,
             datapath_or_default(*datapath),
             *mode,
         )?),
@@ -291,6 +328,21 @@ fn run(cli: &Cli) -> Result<()> {
             out.endpoint_deleted(*prefix);
         }
         Cmd::Endpoint(EndpointCmd::List) => out.endpoints(&ops::endpoint_list(&pins)?),
+        Cmd::Remote(RemoteCmd::Add {
+            prefix,
+            via,
+            not_meshed,
+        }) => out.remote_added(&ops::remote_add(
+            &pins,
+            *prefix,
+            via.as_deref(),
+            !not_meshed,
+        )?),
+        Cmd::Remote(RemoteCmd::Del { prefix }) => {
+            ops::remote_del(&pins, *prefix)?;
+            out.remote_deleted(*prefix);
+        }
+        Cmd::Remote(RemoteCmd::List) => out.remotes(&ops::remote_list(&pins)?),
         Cmd::Run(a) => xdp_ctl::controller::run(&pins, run_options(a)?)?,
         Cmd::Status => out.status(&ops::status(&pins)?),
         Cmd::Stats => out.stats(&ops::stats(&pins)?, &ops::flow_table(&pins)?),

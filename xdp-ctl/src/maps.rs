@@ -12,13 +12,13 @@ use aya::{
 };
 use common::{
     map_names, Attachment, ControllerState, Counter, Endpoint, Flow, FlowKey, Ipv4Key, Ipv6Key,
-    Reason, SocketKey, MAX_FLOWS, MAX_KERNEL_SOCKETS,
+    Reason, Remote, SocketKey, Uplink, MAX_FLOWS, MAX_KERNEL_SOCKETS,
 };
 use serde::Serialize;
 
 use crate::pin::PinDir;
 
-pub const ALL_MAPS: [&str; 11] = [
+pub const ALL_MAPS: [&str; 14] = [
     map_names::ENDPOINTS_V4,
     map_names::ENDPOINTS_V6,
     map_names::TX_PORTS,
@@ -30,6 +30,9 @@ pub const ALL_MAPS: [&str; 11] = [
     map_names::MONITOR_CONFIG,
     map_names::MONITOR_EVENTS,
     map_names::MONITOR_STATS,
+    map_names::UPLINKS,
+    map_names::REMOTE_V4,
+    map_names::REMOTE_V6,
 ];
 
 pub struct Maps {
@@ -41,6 +44,9 @@ pub struct Maps {
     pub controller: Array<MapData, ControllerState>,
     pub flows: HashMap<MapData, FlowKey, Flow>,
     pub kernel_sockets: HashMap<MapData, SocketKey, u32>,
+    pub uplinks: HashMap<MapData, u32, Uplink>,
+    pub remote_v4: LpmTrie<MapData, Ipv4Key, Remote>,
+    pub remote_v6: LpmTrie<MapData, Ipv6Key, Remote>,
 }
 
 /// How full the datapath's flow state is (a walk over the keys: cheap at the table sizes a
@@ -176,6 +182,9 @@ impl Maps {
             controller: take(ebpf, map_names::CONTROLLER)?,
             flows: take(ebpf, map_names::FLOWS)?,
             kernel_sockets: take(ebpf, map_names::KERNEL_SOCKETS)?,
+            uplinks: take(ebpf, map_names::UPLINKS)?,
+            remote_v4: take(ebpf, map_names::REMOTE_V4)?,
+            remote_v6: take(ebpf, map_names::REMOTE_V6)?,
         })
     }
 
@@ -193,6 +202,9 @@ impl Maps {
             controller: open(pins, map_names::CONTROLLER)?,
             flows: open(pins, map_names::FLOWS)?,
             kernel_sockets: open(pins, map_names::KERNEL_SOCKETS)?,
+            uplinks: open(pins, map_names::UPLINKS)?,
+            remote_v4: open(pins, map_names::REMOTE_V4)?,
+            remote_v6: open(pins, map_names::REMOTE_V6)?,
         })
     }
 

@@ -18,7 +18,7 @@ use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use common::{
     map_names,
     monitor::{
-        MonitorConfig, MonitorEvent, ACTION_REDIRECT, HOOK_TC, HOOK_XDP, MONITOR_ANY_REASON,
+        MonitorConfig, MonitorEvent, ACTION_REDIRECT, HOOK_TC, HOOK_TC_UPLINK, HOOK_XDP, HOOK_XDP_UPLINK, MONITOR_ANY_REASON,
         STAT_EMITTED, STAT_LOST, STAT_SEEN,
     },
     pkt::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
@@ -364,6 +364,8 @@ fn hook_name(h: u8) -> &'static str {
     match h {
         HOOK_XDP => "xdp",
         HOOK_TC => "tc",
+        HOOK_XDP_UPLINK => "xdp-uplink",
+        HOOK_TC_UPLINK => "tc-uplink",
         _ => "?",
     }
 }

@@ -7,6 +7,7 @@ use common::{ControllerState, Counter, Endpoint, Reason, EP_F_MESHED};
 use serde::Serialize;
 
 use crate::{
+    remote::{entry as remote_entry, remote_value, RemoteEntry},
     attach::{att_name, link_pin, live_program, mode_name, Datapath},
     controller::membership::{configured_names, MembershipMap, Sources, CFG_SYNCED},
     maps::{Maps, Prefix},
@@ -151,6 +152,8 @@ fn view(p: Prefix, ep: &Endpoint, iface: String) -> EndpointView {
 pub struct InterfaceStatus {
     pub name: String,
     pub ifindex: u32,
+    /// `pod` (a pod's host veth) or `uplink`.
+    pub role: &'static str,
     pub datapath: &'static str,
     /// `native`, `skb` or `tcx`.
     pub mode: &'static str,
@@ -168,6 +171,8 @@ pub struct Status {
     pub interfaces: Vec<InterfaceStatus>,
     pub endpoints_v4: usize,
     pub endpoints_v6: usize,
+    /// Remote pod prefixes (`xdp-ctl remote list`).
+    pub remote_prefixes: usize,
     /// The controller's self-report; `None` if no controller ever ran on this pin dir.
     pub controller: Option<ControllerView>,
     /// The controller's membership sources; `None` if no controller ever ran here.
@@ -256,6 +261,7 @@ pub fn status(pins: &PinDir) -> Result<Status> {
         interfaces: Vec::new(),
         endpoints_v4: 0,
         endpoints_v6: 0,
+        remote_prefixes: 0,
         controller: None,
         membership: None,
     };
@@ -278,6 +284,7 @@ pub fn status(pins: &PinDir) -> Result<Status> {
         st.interfaces.push(InterfaceStatus {
             name: link.map_or_else(|| att_name(&att), |l| l.name),
             ifindex: att.ifindex,
+            role: crate::datapath::Role::of(&att).name(),
             datapath: datapath.name(),
             mode: mode_name(&att),
             program_id: info.as_ref().map(LinkInfo::program_id),
@@ -287,6 +294,7 @@ pub fn status(pins: &PinDir) -> Result<Status> {
             live,
         });
     }
+    st.remote_prefixes = maps.remotes()?.len();
     let mut meshed_endpoints = 0;
     for (p, ep) in maps.endpoints()? {
         match p.addr {
@@ -319,4 +327,57 @@ pub fn stats(pins: &PinDir) -> Result<Vec<(Reason, Counter)>> {
 pub fn flow_table(pins: &PinDir) -> Result<crate::maps::FlowTable> {
     pins.check_bpffs()?;
     Maps::open_pinned(pins)?.flow_table()
+}
+
+// remote prefixes
+
+pub fn remote_add(
+    pins: &PinDir,
+    prefix: Prefix,
+    via: Option<&str>,
+    meshed: bool,
+) -> Result<RemoteEntry> {
+    pins.check_bpffs()?;
+    let (_lock, mut maps) = lock_pinned(pins)?;
+    let uplink = match via {
+        None => 0,
+        Some(name) => {
+            let mut rtnl = Rtnl::new().context("opening rtnetlink")?;
+            let link = rtnl
+                .link_by_name(name)?
+                .with_context(|| format!("unknown interface {name}"))?;
+            if !maps
+                .attachment(link.index)
+                .is_some_and(|a| crate::datapath::Role::of(&a) == crate::datapath::Role::Uplink)
+            {
+                bail!("{name} is not an attached uplink; run `xdp-ctl attach --uplink {name}` first");
+            }
+            link.index
+        }
+    };
+    let value = remote_value(meshed, uplink);
+    maps.insert_remote(prefix, &value)?;
+    Ok(remote_entry(prefix, &value))
+}
+
+pub fn remote_del(pins: &PinDir, prefix: Prefix) -> Result<()> {
+    pins.check_bpffs()?;
+    let (_lock, mut maps) = lock_pinned(pins)?;
+    if !maps.remove_remote(prefix)? {
+        bail!("no remote prefix {prefix}");
+    }
+    Ok(())
+}
+
+pub fn remote_list(pins: &PinDir) -> Result<Vec<RemoteEntry>> {
+    pins.check_bpffs()?;
+    if !pins.has_maps() {
+        return Ok(Vec::new());
+    }
+    let maps = Maps::open_pinned(pins)?;
+    Ok(maps
+        .remotes()?
+        .iter()
+        .map(|(p, r)| remote_entry(*p, r))
+        .collect())
 }

@@ -9,6 +9,7 @@ use xdp_ctl::{
     attach::{AttachReport, AttachResult, DetachReport},
     maps::{FlowTable, Prefix},
     ops::{ControllerView, EndpointView, Status},
+    remote::RemoteEntry,
 };
 
 /// Text or JSON, as `--json` asked.
@@ -35,8 +36,13 @@ impl Output {
                     r.mode
                 ),
                 result => println!(
-                    "{}: {} ({} {}, link pinned at {})",
+                    "{}{}: {} ({} {}, link pinned at {})",
                     r.iface,
+                    if r.role == xdp_ctl::attach::Role::Uplink {
+                        " (uplink)"
+                    } else {
+                        ""
+                    },
                     result.name(),
                     r.datapath.name(),
                     r.mode,
@@ -89,6 +95,40 @@ impl Output {
             return print_json(&json!({ "deleted": prefix.to_string() }));
         }
         println!("{prefix} removed");
+    }
+
+    pub fn remote_added(self, e: &RemoteEntry) {
+        if self.json {
+            return print_json(&json!({ "added": e }));
+        }
+        println!(
+            "{} {} (via {})",
+            e.prefix,
+            if e.meshed { "meshed" } else { "not meshed" },
+            via(e.uplink)
+        );
+    }
+
+    pub fn remote_deleted(self, prefix: Prefix) {
+        if self.json {
+            return print_json(&json!({ "deleted": prefix.to_string() }));
+        }
+        println!("{prefix} removed");
+    }
+
+    pub fn remotes(self, list: &[RemoteEntry]) {
+        if self.json {
+            return print_json(&json!({ "remotes": list }));
+        }
+        println!("{:<24} {:<7} VIA", "PREFIX", "MESHED");
+        for e in list {
+            println!(
+                "{:<24} {:<7} {}",
+                e.prefix,
+                if e.meshed { "yes" } else { "no" },
+                via(e.uplink)
+            );
+        }
     }
 
     pub fn endpoints(self, list: &[EndpointView]) {
@@ -147,16 +187,20 @@ impl Output {
             println!("no interfaces attached");
             return;
         }
+        if st.remote_prefixes > 0 {
+            println!("remote prefixes: {}", st.remote_prefixes);
+        }
         println!(
-            "{:<16} {:>7} {:<8} {:<6} {:>7} {:>7} {:<9} PIN",
-            "IFACE", "IFINDEX", "DATAPATH", "MODE", "PROG", "LINK", "KIND"
+            "{:<16} {:>7} {:<6} {:<8} {:<6} {:>7} {:>7} {:<9} PIN",
+            "IFACE", "IFINDEX", "ROLE", "DATAPATH", "MODE", "PROG", "LINK", "KIND"
         );
         let opt = |v: Option<u32>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
         for i in &st.interfaces {
             println!(
-                "{:<16} {:>7} {:<8} {:<6} {:>7} {:>7} {:<9} {}{}",
+                "{:<16} {:>7} {:<6} {:<8} {:<6} {:>7} {:>7} {:<9} {}{}",
                 i.name,
                 i.ifindex,
+                i.role,
                 i.datapath,
                 i.mode,
                 opt(i.program_id),
@@ -219,6 +263,14 @@ fn controller_line(c: &ControllerView) {
         c.drift_repaired,
         c.map_writes
     );
+}
+
+fn via(uplink: u32) -> String {
+    if uplink == 0 {
+        "any uplink".to_string()
+    } else {
+        format!("ifindex {uplink}")
+    }
 }
 
 fn print_json(v: &impl Serialize) {

@@ -16,21 +16,34 @@
 //!   socket go to the kernel, which holds the reverse NAT of a translated exchange.
 use core::mem::size_of;
 
-use aya_ebpf::maps::lpm_trie::Key;
+use aya_ebpf::{
+    bindings::{
+        bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS,
+    },
+    cty::c_void,
+    helpers::generated::bpf_fib_lookup,
+    maps::lpm_trie::Key,
+};
 use common::{
     pkt::{
         addr_bytes, csum_after_ttl_decrement, icmpv4_kind, icmpv6_is_ndp, icmpv6_kind,
         ipv4_is_forwardable_unicast, ipv6_is_extension_header, ipv6_words_are_forwardable_unicast,
-        IcmpKind, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV6_NEXT_FRAGMENT,
-        TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+        udp_port_is_overlay, IcmpKind, IPPROTO_GRE, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP,
+        IPPROTO_IPV6, IPPROTO_TCP, IPPROTO_UDP, IPV6_NEXT_FRAGMENT, TCP_ACK, TCP_FIN, TCP_RST,
+        TCP_SYN,
     },
-    AddrWords, Endpoint, Flow, FlowKey, Reason, SocketKey, FAMILY_V4, FAMILY_V6, FLOW_INITIATOR_HI,
-    FLOW_INITIATOR_LO,
+    AddrWords, Endpoint, Flow, FlowKey, Reason, Remote, SocketKey, EP_F_MESHED, FAMILY_V4,
+    FAMILY_V6, FLOW_INITIATOR_HI, FLOW_INITIATOR_LO,
 };
 
-use crate::maps::{COUNTERS, ENDPOINTS_V4, ENDPOINTS_V6, FLOWS, KERNEL_SOCKETS};
+use crate::maps::{
+    COUNTERS, ENDPOINTS_V4, ENDPOINTS_V6, FIB_SCRATCH, FLOWS, KERNEL_SOCKETS, REMOTE_V4, REMOTE_V6, UPLINKS,
+};
 
 const ETH_HLEN: usize = 14;
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
@@ -119,8 +132,21 @@ const fn word(h: [u16; 2]) -> u32 {
     u32::from_ne_bytes([a[0], a[1], b[0], b[1]])
 }
 
+/// Where a hook runs: on a pod's host veth (local and outgoing cross-node traffic) or on an
+/// uplink (incoming cross-node traffic). A constant at each entry point, so each program
+/// carries only its own side's code.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Pod,
+    Uplink,
+}
+
 pub struct Forward {
+    /// Where the frame goes and the MACs it gets. For a remote destination, `ifindex` is the
+    /// uplink, `pod_mac` the next hop's MAC and `host_mac` the uplink's (from the FIB).
     pub endpoint: Endpoint,
+    /// Out of an uplink (transmit), rather than into a local pod (the peer of its veth).
+    pub to_uplink: bool,
     l3: L3,
 }
 
@@ -136,15 +162,28 @@ fn be16(b: [u8; 2]) -> u16 {
     u16::from_be_bytes(b)
 }
 
-/// Decides what to do with a frame that arrived on `ingress` (host-side veth ifindex).
-/// `target_check` is the hook's own test that the target interface can take this packet (it is
-/// a redirect target of the hook, and the packet fits its MTU): `Redirected` if so, else the
-/// reason why not. It is asked before the flow rule, so that the flow table records a flow start only when its packet is really redirected
-/// (a SYN that went to the kernel must leave no entry). The frame
-/// itself is only read; `rewrite` writes it once the hook has committed to the redirect.
+/// What a hook gives `decide` besides the packet.
+pub struct Hook {
+    /// The program's context (`xdp_md` / `__sk_buff`), for `bpf_fib_lookup`.
+    pub ctx: *mut c_void,
+    /// The interface the frame arrived on.
+    pub ingress: u32,
+    pub side: Side,
+    /// `bpf_fib_lookup`'s `tot_len`: the IP length to check against the route's MTU (XDP), or
+    /// 0 to let the helper check the skb itself, per segment for GSO (TC).
+    pub fib_tot_len: u16,
+}
+
+/// Decides what to do with a frame that arrived on `hook.ingress`. `target_check(ifindex,
+/// to_uplink)` is the hook's own test that the target interface can take this packet (it is a
+/// redirect target of the hook, and the packet fits its MTU): `Redirected` if so, else the
+/// reason why not. It is asked before the flow rule, so that the flow table records a flow
+/// start only when its packet is really redirected (a SYN that went to the kernel must leave no
+/// entry). The frame itself is only read; `rewrite` writes it once the hook has committed to
+/// the redirect.
 #[inline(always)]
-pub fn decide(pkt: &Packet, ingress: u32, target_check: impl Fn(u32) -> Reason) -> Verdict {
-    match try_decide(pkt, ingress, target_check) {
+pub fn decide(pkt: &Packet, hook: &Hook, target_check: impl Fn(u32, bool) -> Reason) -> Verdict {
+    match try_decide(pkt, hook, target_check) {
         Ok(fwd) => Verdict::Forward(fwd),
         Err(reason) => Verdict::Pass(reason),
     }
@@ -153,21 +192,30 @@ pub fn decide(pkt: &Packet, ingress: u32, target_check: impl Fn(u32) -> Reason) 
 #[inline(always)]
 fn try_decide(
     pkt: &Packet,
-    ingress: u32,
-    target_check: impl Fn(u32) -> Reason,
+    hook: &Hook,
+    target_check: impl Fn(u32, bool) -> Reason,
 ) -> Result<Forward, Reason> {
     let eth: *const [u8; ETH_HLEN] = pkt.ptr_at(0).ok_or(Reason::Malformed)?;
     // SAFETY: bounds checked by ptr_at.
-    let eth = unsafe { *eth };
+    let eth = unsafe { &*eth };
     // One flow-rule path for both families (inlining it twice overflows the BPF stack).
     let parsed = match be16([eth[12], eth[13]]) {
-        ETH_P_IP => decide_v4(pkt, &eth)?,
-        ETH_P_IPV6 => decide_v6(pkt, &eth)?,
+        ETH_P_IP => decide_v4(pkt, eth)?,
+        ETH_P_IPV6 => decide_v6(pkt, eth)?,
         ETH_P_8021Q | ETH_P_8021AD => return Err(Reason::Vlan),
         _ => return Err(Reason::NotIp),
     };
-    let endpoint = endpoint(ingress, &eth, &parsed.addrs, parsed.ttl);
-    apply_flow_rule(parsed, endpoint, target_check)
+    let target = match hook.side {
+        Side::Pod => pod_target(hook, eth, &parsed),
+        Side::Uplink => uplink_target(hook.ingress, eth, &parsed),
+    };
+    apply_flow_rule(parsed, target, hook.side, target_check)
+}
+
+/// Where a packet may go, and how.
+struct Target {
+    endpoint: Endpoint,
+    to_uplink: bool,
 }
 
 /// A packet that passed the IP-level checks (rules 1, 2): its addresses, transport header and
@@ -277,38 +325,174 @@ fn decide_v6(pkt: &Packet, eth: &[u8; ETH_HLEN]) -> Result<Parsed, Reason> {
     })
 }
 
-/// Rules 3 to 5: the destination endpoint, if the packet may go there. Shared by both families
-/// (one copy of it and of the flow rule in the program: inlined once per family, the two
-/// overflowed the BPF stack).
+/// The local endpoint of an address.
 #[inline(always)]
-fn endpoint(
-    ingress: u32,
-    eth: &[u8; ETH_HLEN],
-    addrs: &Addrs,
-    ttl: u8,
-) -> Result<Endpoint, Reason> {
-    let (dst_ep, src_ep) = if addrs.family == FAMILY_V4 {
-        let dst_ep = ENDPOINTS_V4
-            .get(Key::new(32, addrs.dst[0].to_ne_bytes()))
-            .ok_or(Reason::NoEndpoint)?;
-        (
-            dst_ep,
-            ENDPOINTS_V4.get(Key::new(32, addrs.src[0].to_ne_bytes())),
-        )
+fn local(addrs: &Addrs, dst: bool) -> Option<&'static Endpoint> {
+    let a = if dst { &addrs.dst } else { &addrs.src };
+    if addrs.family == FAMILY_V4 {
+        ENDPOINTS_V4.get(Key::new(32, a[0].to_ne_bytes()))
     } else {
-        let dst_ep = ENDPOINTS_V6
-            .get(Key::new(128, addr_bytes(&addrs.dst)))
-            .ok_or(Reason::NoEndpoint)?;
-        (
-            dst_ep,
-            ENDPOINTS_V6.get(Key::new(128, addr_bytes(&addrs.src))),
-        )
+        ENDPOINTS_V6.get(Key::new(128, addr_bytes(a)))
+    }
+}
+
+/// The remote prefix an address falls in.
+#[inline(always)]
+fn remote(addrs: &Addrs, dst: bool) -> Option<&'static Remote> {
+    let a = if dst { &addrs.dst } else { &addrs.src };
+    if addrs.family == FAMILY_V4 {
+        REMOTE_V4.get(Key::new(32, a[0].to_ne_bytes()))
+    } else {
+        REMOTE_V6.get(Key::new(128, addr_bytes(a)))
+    }
+}
+
+/// Rules 3 to 5 on a pod's host veth: the destination is a meshed local pod behind another veth,
+/// or a meshed remote pod reached through an uplink (`fib_target`); the source is the meshed pod
+/// behind the ingress veth. Shared by both families (one copy of it and of the flow rule in the
+/// program: inlined once per family, the two overflowed the BPF stack).
+#[inline(always)]
+fn pod_target(hook: &Hook, eth: &[u8; ETH_HLEN], p: &Parsed) -> Result<Target, Reason> {
+    let ingress = hook.ingress;
+    let dst_ep = local(&p.addrs, true);
+    let via = match dst_ep {
+        Some(dst) => {
+            if dst.ifindex == ingress {
+                return Err(Reason::SameInterface);
+            }
+            if !dst.is_meshed() {
+                return Err(Reason::NotMeshed);
+            }
+            0
+        }
+        None => {
+            let r = remote(&p.addrs, true).ok_or(Reason::NoEndpoint)?;
+            if !r.is_meshed() {
+                return Err(Reason::NotMeshed);
+            }
+            // Any uplink (0), or the one the prefix names: never 0 below, so the remote case
+            // is told apart without an `Option` (whose undefined bytes the verifier rejects
+            // when spilled).
+            if r.uplink == 0 {
+                u32::MAX
+            } else {
+                r.uplink
+            }
+        }
     };
-    let endpoint = check_endpoints(ingress, eth, dst_ep, src_ep)?;
-    if ttl <= 1 {
+    check_source(ingress, eth, local(&p.addrs, false))?;
+    if p.ttl <= 1 {
         return Err(Reason::TtlExpired);
     }
-    Ok(endpoint)
+    match dst_ep {
+        Some(dst) => Ok(Target {
+            endpoint: *dst,
+            to_uplink: false,
+        }),
+        None => fib_target(hook, p, via),
+    }
+}
+
+/// The next hop towards a meshed remote pod, from the kernel's FIB (routes, policy rules,
+/// neighbours, the egress MTU), as if the packet arrived on `hook.ingress`. Only a route out of
+/// an attached uplink (`want`, or any if `u32::MAX`) with a resolved neighbour is taken; the
+/// kernel path handles the rest (it resolves a missing neighbour).
+///
+/// The helper's 64-byte parameter block lives in a per-CPU scratch map, not on the stack: the
+/// pod programs use all but 32 of the verifier's 512 bytes (rounded per frame to 32), and the
+/// fields are written straight from the parsed packet.
+#[inline(always)]
+fn fib_target(hook: &Hook, p: &Parsed, want: u32) -> Result<Target, Reason> {
+    let fib = FIB_SCRATCH.get_ptr_mut(0).ok_or(Reason::NoRoute)?;
+    // SAFETY: this CPU's slot of a per-CPU array, used only within this program run (a program
+    // runs to completion on its CPU).
+    let fib = unsafe { &mut *fib };
+    // SAFETY: a plain C struct; all-zero is its "nothing set" value.
+    *fib = unsafe { core::mem::zeroed() };
+    fib.family = if p.addrs.family == FAMILY_V4 {
+        AF_INET
+    } else {
+        AF_INET6
+    };
+    fib.l4_protocol = p.l4.proto;
+    fib.sport = p.l4.sport;
+    fib.dport = p.l4.dport;
+    fib.__bindgen_anon_1.tot_len = hook.fib_tot_len;
+    fib.ifindex = hook.ingress;
+    // Addresses in network order, as `AddrWords` hold them: an IPv4 one is word 0.
+    fib.__bindgen_anon_3.ipv6_src = p.addrs.src;
+    fib.__bindgen_anon_4.ipv6_dst = p.addrs.dst;
+    // SAFETY: helper call with the program's context and a map value of the size given.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            hook.ctx,
+            core::ptr::from_mut(fib),
+            size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => {}
+        BPF_FIB_LKUP_RET_NO_NEIGH => return Err(Reason::NoNeighbour),
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => return Err(Reason::MtuExceeded),
+        _ => return Err(Reason::NoRoute),
+    }
+    let out = fib.ifindex;
+    if want != u32::MAX && out != want {
+        return Err(Reason::NotUplink);
+    }
+    // SAFETY: only tests for presence.
+    if unsafe { UPLINKS.get(&out) }.is_none() {
+        return Err(Reason::NotUplink);
+    }
+    Ok(Target {
+        endpoint: Endpoint {
+            ifindex: out,
+            flags: EP_F_MESHED,
+            pod_mac: fib.dmac,
+            host_mac: fib.smac,
+        },
+        to_uplink: true,
+    })
+}
+
+/// Rules 3 to 5 on an uplink: the destination is a meshed local pod; the source is a meshed
+/// remote pod (in a remote prefix, arriving on the uplink that prefix names, never a local
+/// address: a frame from the wire claiming a local pod's address is a spoof); the frame is
+/// addressed to the uplink's MAC.
+#[inline(always)]
+fn uplink_target(ingress: u32, eth: &[u8; ETH_HLEN], p: &Parsed) -> Result<Target, Reason> {
+    let Some(dst) = local(&p.addrs, true) else {
+        if p.l4.proto == IPPROTO_UDP && udp_port_is_overlay(p.l4.dport) {
+            return Err(Reason::Encapsulated);
+        }
+        return Err(Reason::NoEndpoint);
+    };
+    if !dst.is_meshed() {
+        return Err(Reason::NotMeshed);
+    }
+    if local(&p.addrs, false).is_some() {
+        return Err(Reason::SrcMismatch);
+    }
+    let src = remote(&p.addrs, false).ok_or(Reason::NotMeshed)?;
+    if !src.is_meshed() {
+        return Err(Reason::NotMeshed);
+    }
+    if src.uplink != 0 && src.uplink != ingress {
+        return Err(Reason::SrcMismatch);
+    }
+    // SAFETY: the value is copied out at once.
+    let up = unsafe { UPLINKS.get(&ingress) }.ok_or(Reason::NotUplink)?;
+    if eth[0..6] != up.mac {
+        return Err(Reason::NotToHost);
+    }
+    if p.ttl <= 1 {
+        return Err(Reason::TtlExpired);
+    }
+    Ok(Target {
+        endpoint: *dst,
+        to_uplink: false,
+    })
 }
 
 /// Reads the transport header at `off`; `room` is what the IP header says follows it.
@@ -387,34 +571,39 @@ fn parse_l4(pkt: &Packet, off: usize, room: usize, proto: u8, family: u8) -> Res
                 ack: 0,
             })
         }
+        IPPROTO_IPIP | IPPROTO_IPV6 | IPPROTO_GRE => Err(Reason::Encapsulated),
         _ => Err(Reason::OtherProtocol),
     }
 }
 
-/// Rule 6 on top of rules 3 to 5 (`endpoint`): the flow rule. A UDP datagram to an address that
-/// is no local pod marks its source socket (`KERNEL_SOCKETS`).
+/// Rule 6 on top of rules 3 to 5 (`pod_target`, `uplink_target`): the flow rule. A UDP
+/// datagram to an address that is no pod marks its source socket (`KERNEL_SOCKETS`).
 #[inline(always)]
 fn apply_flow_rule(
     p: Parsed,
-    endpoint: Result<Endpoint, Reason>,
-    target_check: impl Fn(u32) -> Reason,
+    target: Result<Target, Reason>,
+    side: Side,
+    target_check: impl Fn(u32, bool) -> Reason,
 ) -> Result<Forward, Reason> {
-    let verdict = match endpoint {
-        Ok(endpoint) => match target_check(endpoint.ifindex) {
-            Reason::Redirected => {
-                flow_rule(&p.addrs, &p.l4).map(|()| Forward { endpoint, l3: p.l3 })
-            }
+    let verdict = match target {
+        Ok(t) => match target_check(t.endpoint.ifindex, t.to_uplink) {
+            Reason::Redirected => flow_rule(&p.addrs, &p.l4).map(|()| Forward {
+                endpoint: t.endpoint,
+                to_uplink: t.to_uplink,
+                l3: p.l3,
+            }),
             reason => Err(reason),
         },
         Err(reason) => Err(reason),
     };
     if matches!(verdict, Err(Reason::NoEndpoint)) && p.l4.proto == IPPROTO_UDP {
-        // Sent to an address that is no local pod: a Service VIP, a node port, an external
-        // or remote address. Only such a destination can be translated on the way (kube-proxy
-        // never rewrites a pod's own address), so only such a datagram marks its socket. A
-        // transient pass (a redirect target missing for a moment during a switch) must not
-        // move a socket to the kernel path for good.
-        remember_kernel_socket(&p.addrs, p.l4.sport);
+        // Sent to an address that is no pod: a Service VIP, a node port, an external address.
+        // Only such a destination can be translated on the way (kube-proxy never rewrites a
+        // pod's own address), so only such a datagram marks its socket. A transient pass (a
+        // redirect target missing for a moment during a switch) must not move a socket to the
+        // kernel path for good. On an uplink the sender is a remote pod (a node port here):
+        // its socket is marked so that the local pod's answers meet this node's reverse NAT.
+        remember_kernel_socket(&p.addrs, p.l4.sport, side);
     }
     verdict
 }
@@ -521,7 +710,12 @@ fn start_flow(key: &FlowKey, flow: &Flow) -> Result<(), Reason> {
 /// cheaper than an update (it also refreshes the entry's LRU age). Only on the kernel path, so
 /// a BPF subprogram: it adds nothing to the fast path's stack frame.
 #[inline(never)]
-fn remember_kernel_socket(addrs: &Addrs, port: u16) {
+fn remember_kernel_socket(addrs: &Addrs, port: u16, side: Side) {
+    // On an uplink, only meshed remote pods: everything else arriving for the node (the
+    // node's own DNS answers, external clients) would only churn the table.
+    if side == Side::Uplink && !remote(addrs, false).is_some_and(Remote::is_meshed) {
+        return;
+    }
     let socket = SocketKey {
         addr: addrs.src,
         port,
@@ -537,22 +731,15 @@ fn remember_kernel_socket(addrs: &Addrs, port: u16) {
     }
 }
 
-/// Rules 3 and 4 of the design: both ends are meshed local pods, on different veths, and the
-/// source really is the pod behind the ingress veth (its endpoint names that veth). The frame
-/// must also be addressed to that veth's MAC, as the kernel would require.
+/// Rule 4 on a pod's host veth: the source really is the meshed pod behind the ingress veth
+/// (its endpoint names that veth: anti-spoofing), and the frame is addressed to that veth's
+/// MAC, as the kernel would require.
 #[inline(always)]
-fn check_endpoints(
+fn check_source(
     ingress: u32,
     eth: &[u8; ETH_HLEN],
-    dst: &Endpoint,
     src: Option<&Endpoint>,
-) -> Result<Endpoint, Reason> {
-    if dst.ifindex == ingress {
-        return Err(Reason::SameInterface);
-    }
-    if !dst.is_meshed() {
-        return Err(Reason::NotMeshed);
-    }
+) -> Result<(), Reason> {
     let src = src.ok_or(Reason::SrcMismatch)?;
     if src.ifindex != ingress {
         return Err(Reason::SrcMismatch);
@@ -563,10 +750,11 @@ fn check_endpoints(
     if eth[0..6] != src.host_mac {
         return Err(Reason::NotToHost);
     }
-    Ok(*dst)
+    Ok(())
 }
 
-/// Rewrites the frame for delivery to `fwd.endpoint`: MACs, then TTL (with the IPv4 header
+/// Rewrites the frame for delivery to `fwd.endpoint` (a local pod, or the next hop out of an
+/// uplink): MACs, then TTL (with the IPv4 header
 /// checksum fixed incrementally) or hop limit. `decide` has already bounds-checked these
 /// headers, but the verifier needs its own check in this function.
 #[inline(always)]

@@ -3,6 +3,9 @@
 //! - `xdp_fastpath`: XDP on the host-side veth, redirecting through the `TX_PORTS` devmap.
 //! - `tc_fastpath`: TCX ingress on the host-side veth, redirecting with `bpf_redirect_peer`
 //!   straight into the target pod's namespace; the skb keeps its checksum state and GSO.
+//!   Both also send a meshed pod's packets for a meshed remote pod out of the uplink the FIB
+//!   names (devmap / `bpf_redirect`).
+//! - `xdp_uplink`, `tc_uplink`: the same on an uplink, for packets from other nodes.
 //!
 //! Parsing, lookups, anti-spoofing, rewrite and counters live in `fastpath`; the hooks only
 //! commit the redirect in their own way.
@@ -16,15 +19,15 @@ mod monitor;
 use aya_ebpf::{
     bindings::{__sk_buff, bpf_check_mtu_flags::BPF_MTU_CHK_SEGS},
     bindings::{xdp_action, TC_ACT_OK},
-    helpers::generated::{bpf_check_mtu, bpf_redirect_peer, bpf_xdp_get_buff_len},
+    helpers::generated::{bpf_check_mtu, bpf_redirect, bpf_redirect_peer, bpf_xdp_get_buff_len},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
 use common::{
-    monitor::{ACTION_PASS, ACTION_REDIRECT, HOOK_TC, HOOK_XDP},
-    Reason,
+    monitor::{ACTION_PASS, ACTION_REDIRECT, HOOK_TC, HOOK_TC_UPLINK, HOOK_XDP, HOOK_XDP_UPLINK},
+    Reason, ATT_ROLE_POD,
 };
-use fastpath::{Packet, Verdict};
+use fastpath::{Hook, Packet, Side, Verdict};
 
 const ETH_HLEN: usize = 14;
 /// IP packets up to this length skip the target MTU check (a helper call): it is IPv6's
@@ -38,22 +41,45 @@ const MTU_ALWAYS_FITS: u32 = 1280;
 /// checks need the whole frame, which `bpf_xdp_get_buff_len` gives.
 #[xdp(frags)]
 pub fn xdp_fastpath(ctx: XdpContext) -> u32 {
+    xdp_run(&ctx, Side::Pod, HOOK_XDP)
+}
+
+/// The uplink program: frames from other nodes for a meshed local pod go straight into its
+/// veth (which must be attached with XDP: a `TX_PORTS` member).
+#[xdp(frags)]
+pub fn xdp_uplink(ctx: XdpContext) -> u32 {
+    xdp_run(&ctx, Side::Uplink, HOOK_XDP_UPLINK)
+}
+
+#[inline(always)]
+fn xdp_run(ctx: &XdpContext, side: Side, hook_id: u8) -> u32 {
     // SAFETY: plain helper call on the program's own context.
     let len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as usize;
     let pkt = Packet::new(ctx.data(), ctx.data_end(), len);
     let ingress = ctx.ingress_ifindex() as u32;
+    let hook = Hook {
+        ctx: ctx.ctx.cast(),
+        ingress,
+        side,
+        // The FIB checks this IP length against the route's MTU.
+        fib_tot_len: core::cmp::min(len.saturating_sub(ETH_HLEN), usize::from(u16::MAX)) as u16,
+    };
     // bpf_redirect_map only records the target; the frame moves after we return, and only on
     // XDP_REDIRECT. So the redirect is set up while deciding (the flow rule must know that the
     // packet will really go), and rewrite happens only once it is certain: a rewritten frame
     // passed to the kernel would carry the wrong MACs and TTL. The fallback action (low bits of
-    // flags) is XDP_PASS when the port is missing. TX_PORTS holds only interfaces whose pod
-    // side takes native redirects.
-    let target_check = |ifindex: u32| {
+    // flags) is XDP_PASS when the port is missing. TX_PORTS holds only interfaces whose other
+    // side takes native redirects: XDP-attached pod veths, and uplinks attached with XDP.
+    let target_check = |ifindex: u32, to_uplink: bool| {
         if maps::TX_PORTS
             .redirect(ifindex, u64::from(xdp_action::XDP_PASS))
             .is_err()
         {
             return Reason::TxPortMissing;
+        }
+        // Out of an uplink, the FIB lookup has checked the MTU.
+        if to_uplink {
+            return Reason::Redirected;
         }
         // veth's XDP transmit drops a frame longer than the target's MTU (after it was counted
         // as redirected): the kernel path fragments it or sends the ICMP error instead. The L3
@@ -69,11 +95,11 @@ pub fn xdp_fastpath(ctx: XdpContext) -> u32 {
             _ => Reason::MtuExceeded,
         }
     };
-    match fastpath::decide(&pkt, ingress, target_check) {
+    match fastpath::decide(&pkt, &hook, target_check) {
         Verdict::Pass(reason) => {
             let (start, end) = (ctx.data(), ctx.data_end());
             account(
-                HOOK_XDP,
+                hook_id,
                 reason,
                 ACTION_PASS,
                 start,
@@ -89,7 +115,7 @@ pub fn xdp_fastpath(ctx: XdpContext) -> u32 {
             let (start, end, egress) = (ctx.data(), ctx.data_end(), fwd.endpoint.ifindex);
             let reason = Reason::Redirected;
             account(
-                HOOK_XDP,
+                hook_id,
                 reason,
                 ACTION_REDIRECT,
                 start,
@@ -111,6 +137,18 @@ const ETH_P_IPV6: u16 = 0x86dd;
 
 #[classifier]
 pub fn tc_fastpath(ctx: TcContext) -> i32 {
+    tc_run(&ctx, Side::Pod, HOOK_TC)
+}
+
+/// The uplink program: packets from other nodes for a meshed local pod go straight into the
+/// pod's namespace (`bpf_redirect_peer` into its veth).
+#[classifier]
+pub fn tc_uplink(ctx: TcContext) -> i32 {
+    tc_run(&ctx, Side::Uplink, HOOK_TC_UPLINK)
+}
+
+#[inline(always)]
+fn tc_run(ctx: &TcContext, side: Side, hook_id: u8) -> i32 {
     // An skb's linear part may hold only the Ethernet header (DESIGN.md section 3): pull what
     // `decide` reads, or such packets would silently take the slow path. Pulling invalidates
     // packet pointers, so the view is taken after it. Only what this packet's family needs:
@@ -132,22 +170,35 @@ pub fn tc_fastpath(ctx: TcContext) -> i32 {
     let pkt = Packet::new(ctx.data(), ctx.data_end(), len);
     // SAFETY: reading a field of the program's own context.
     let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
-    let target_check = |ifindex: u32| {
-        // A redirect into an interface we did not attach (an endpoint left behind by a gone
-        // pod, an ifindex now used by something else) would be dropped: check first.
-        // SAFETY: only tests for presence; the value is never read.
-        if unsafe { maps::ATTACHMENTS.get(&ifindex) }.is_none() {
-            return Reason::TxPortMissing;
+    let hook = Hook {
+        ctx: ctx.skb.skb.cast(),
+        ingress,
+        side,
+        // 0: the helper checks the skb against the egress MTU itself, per segment for GSO.
+        fib_tot_len: 0,
+    };
+    let target_check = |ifindex: u32, to_uplink: bool| {
+        // Out of an uplink: the FIB lookup checked the MTU and `UPLINKS` the interface.
+        if to_uplink {
+            return Reason::Redirected;
+        }
+        // A redirect into an interface we did not attach as a pod veth (an endpoint left
+        // behind by a gone pod, an ifindex now used by something else, an uplink) would be
+        // dropped: bpf_redirect_peer only reaches the peer of a veth.
+        // SAFETY: the value is read at once.
+        match unsafe { maps::ATTACHMENTS.get(&ifindex) } {
+            Some(att) if att.role == ATT_ROLE_POD => {}
+            _ => return Reason::TxPortMissing,
         }
         if len <= ETH_HLEN + MTU_ALWAYS_FITS as usize {
             return Reason::Redirected;
         }
         tc_fits_mtu(ctx.skb.skb, ifindex)
     };
-    match fastpath::decide(&pkt, ingress, target_check) {
+    match fastpath::decide(&pkt, &hook, target_check) {
         Verdict::Pass(reason) => {
             let (start, end) = (ctx.data(), ctx.data_end());
-            account(HOOK_TC, reason, ACTION_PASS, start, end, len, ingress, 0);
+            account(hook_id, reason, ACTION_PASS, start, end, len, ingress, 0);
             TC_ACT_OK as i32
         }
         Verdict::Forward(fwd) => {
@@ -155,7 +206,7 @@ pub fn tc_fastpath(ctx: TcContext) -> i32 {
             let (start, end, egress) = (ctx.data(), ctx.data_end(), fwd.endpoint.ifindex);
             let reason = Reason::Redirected;
             account(
-                HOOK_TC,
+                hook_id,
                 reason,
                 ACTION_REDIRECT,
                 start,
@@ -164,10 +215,17 @@ pub fn tc_fastpath(ctx: TcContext) -> i32 {
                 ingress,
                 egress,
             );
-            // SAFETY: plain helper call; flags must be 0. It cannot fail for flags 0: it
-            // returns TC_ACT_REDIRECT and the skb moves to the peer of the target veth (the
-            // target pod's eth0), in the pod's namespace, after we return.
-            unsafe { bpf_redirect_peer(fwd.endpoint.ifindex, 0) as i32 }
+            if fwd.to_uplink {
+                // Out of the uplink (its transmit path: qdisc, then the driver, which fills
+                // a partial checksum or segments GSO as the device can).
+                // SAFETY: plain helper call; returns TC_ACT_REDIRECT for flags 0.
+                unsafe { bpf_redirect(egress, 0) as i32 }
+            } else {
+                // SAFETY: plain helper call; flags must be 0. It cannot fail for flags 0: it
+                // returns TC_ACT_REDIRECT and the skb moves to the peer of the target veth (the
+                // target pod's eth0), in the pod's namespace, after we return.
+                unsafe { bpf_redirect_peer(egress, 0) as i32 }
+            }
         }
     }
 }

@@ -7,8 +7,9 @@ use aya_ebpf::{
 };
 use common::{
     monitor::{MonitorConfig, MONITOR_RING_BYTES, MONITOR_STATS_LEN},
-    Attachment, ControllerState, Counter, Endpoint, Flow, FlowKey, Ipv4Key, Ipv6Key, SocketKey,
-    MAX_ENDPOINTS, MAX_FLOWS, MAX_KERNEL_SOCKETS, MAX_PORTS, REASON_COUNT,
+    Attachment, ControllerState, Counter, Endpoint, Flow, FlowKey, Ipv4Key, Ipv6Key, Remote,
+    SocketKey, Uplink, MAX_ENDPOINTS, MAX_FLOWS, MAX_KERNEL_SOCKETS, MAX_PORTS,
+    MAX_REMOTE_PREFIXES, MAX_UPLINKS, REASON_COUNT,
 };
 
 #[map]
@@ -59,3 +60,21 @@ pub static MONITOR_EVENTS: RingBuf = RingBuf::with_byte_size(MONITOR_RING_BYTES,
 /// Per-CPU monitor counters (`common::monitor::STAT_*`), touched only while a monitor runs.
 #[map]
 pub static MONITOR_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MONITOR_STATS_LEN, 0);
+
+/// Pod prefixes on other nodes (see `common::Remote`).
+#[map]
+pub static REMOTE_V4: LpmTrie<Ipv4Key, Remote> = LpmTrie::with_max_entries(MAX_REMOTE_PREFIXES, 0);
+
+#[map]
+pub static REMOTE_V6: LpmTrie<Ipv6Key, Remote> = LpmTrie::with_max_entries(MAX_REMOTE_PREFIXES, 0);
+
+/// The node's attached uplinks (see `common::Uplink`).
+#[map]
+pub static UPLINKS: HashMap<u32, Uplink> = HashMap::with_max_entries(MAX_UPLINKS, 0);
+
+/// Per-CPU scratch space for `bpf_fib_lookup`'s 64-byte parameter block: on the stack it would
+/// push the pod programs over the 512-byte BPF stack limit. Not pinned: every loaded program
+/// may have its own (a program runs to completion on its CPU before the next one starts there).
+#[map]
+pub static FIB_SCRATCH: PerCpuArray<aya_ebpf::bindings::bpf_fib_lookup> =
+    PerCpuArray::with_max_entries(1, 0);

@@ -4,7 +4,7 @@ use std::{
     sync::atomic::{AtomicBool, Ordering},
 };
 
-use common::{Attachment, ATT_MODE_SKB, ATT_MODE_TCX};
+use common::{Attachment, Uplink, ATT_MODE_SKB, ATT_MODE_TCX};
 use serde::Serialize;
 use tracing::warn;
 
@@ -17,7 +17,7 @@ use super::{
     load::{load, Prog},
     mode_name, name_bytes,
     switch::{commit_switch, Switch},
-    Datapath, Mode,
+    Datapath, Mode, Role,
 };
 use crate::{
     maps::Maps,
@@ -56,6 +56,7 @@ impl AttachResult {
 pub struct AttachReport {
     pub iface: String,
     pub ifindex: u32,
+    pub role: Role,
     pub datapath: Datapath,
     /// `native`, `skb` or `tcx`.
     pub mode: &'static str,
@@ -67,27 +68,35 @@ pub struct AttachReport {
 enum Undo {
     Peer(Attachment),
     TxPort(u32),
+    Uplink(u32),
     Record(u32),
     Link(PathBuf),
 }
 
-/// Attaches `ifaces` (names in the current network namespace) with `datapath`; the CLI's
-/// `attach`. All-or-nothing.
+/// Attaches `ifaces` (pod host veths) and `uplinks` (names in the current network namespace)
+/// with `datapath`; the CLI's `attach`. All-or-nothing.
 pub fn attach(
     pins: &PinDir,
     ifaces: &[String],
+    uplinks: &[String],
     datapath: Datapath,
     mode: Mode,
 ) -> Result<Vec<AttachReport>> {
-    if ifaces.is_empty() {
+    if ifaces.is_empty() && uplinks.is_empty() {
         return Err(Error::NoInterface);
     }
     let mut rtnl = Rtnl::new().context("opening rtnetlink")?;
     // Resolve everything before changing anything.
-    let links = resolve(&mut rtnl, ifaces)?;
+    let all: Vec<String> = ifaces.iter().chain(uplinks).cloned().collect();
+    let links = resolve(&mut rtnl, &all)?;
+    let targets: Vec<(Link, Role)> = links
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| (l, if i < ifaces.len() { Role::Pod } else { Role::Uplink }))
+        .collect();
     let _lock = pins.create_and_lock()?;
     let mut attacher = Attacher::new(pins, datapath, mode)?;
-    attacher.attach(&mut rtnl, &links)
+    attacher.attach_roles(&mut rtnl, &targets, &AtomicBool::new(false))
 }
 
 /// A loaded datapath ready to attach interfaces: the object with its pinned maps and the
@@ -100,19 +109,22 @@ pub struct Attacher {
     pins: PinDir,
     datapath: Datapath,
     mode: Mode,
+    /// The uplink program is loaded (verified) on first use only.
+    uplink_loaded: bool,
 }
 
 impl Attacher {
     pub fn new(pins: &PinDir, datapath: Datapath, mode: Mode) -> Result<Self> {
         let mut ebpf = load(Some(pins))?;
         let maps = Maps::from_ebpf(&mut ebpf)?;
-        Prog::get(&mut ebpf, datapath)?.load()?;
+        Prog::get(&mut ebpf, datapath, Role::Pod)?.load()?;
         Ok(Self {
             ebpf,
             maps,
             pins: pins.clone(),
             datapath,
             mode,
+            uplink_loaded: false,
         })
     }
 
@@ -131,24 +143,40 @@ impl Attacher {
         links: &[Link],
         stop: &AtomicBool,
     ) -> Result<Vec<AttachReport>> {
+        let targets: Vec<(Link, Role)> = links.iter().map(|l| (l.clone(), Role::Pod)).collect();
+        self.attach_roles(rtnl, &targets, stop)
+    }
+
+    /// `attach_until` for interfaces of either role.
+    pub fn attach_roles(
+        &mut self,
+        rtnl: &mut Rtnl,
+        links: &[(Link, Role)],
+        stop: &AtomicBool,
+    ) -> Result<Vec<AttachReport>> {
+        if !self.uplink_loaded && links.iter().any(|(_, r)| *r == Role::Uplink) {
+            Prog::get(&mut self.ebpf, self.datapath, Role::Uplink)?.load()?;
+            self.uplink_loaded = true;
+        }
         let Self {
             ebpf,
             maps,
             pins,
             datapath,
             mode,
+            ..
         } = self;
         let (datapath, mode) = (*datapath, *mode);
-        let mut prog = Prog::get(ebpf, datapath)?;
         let mut index = NsIndex::default();
         let mut reports = Vec::new();
         let mut undo: Vec<Undo> = Vec::new();
         let mut switches: Vec<Switch> = Vec::new();
         let phase1 = (|| -> Result<()> {
-            for link in links {
+            for (link, role) in links {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
+                let mut prog = Prog::get(ebpf, datapath, *role)?;
                 let new = Attachment {
                     ifindex: link.index,
                     datapath: datapath.to_att(),
@@ -157,7 +185,7 @@ impl Attacher {
                         Datapath::Tc => ATT_MODE_TCX,
                     },
                     prep_flags: 0,
-                    pad: 0,
+                    role: role.to_att(),
                     name: name_bytes(&link.name),
                 };
                 let mut ctx = Step {
@@ -171,6 +199,13 @@ impl Attacher {
                 let mut result = AttachResult::Attached;
                 match ctx.maps.attachment(link.index) {
                     Some(old) if live_old(pins, link, &old) => {
+                        if old.role != new.role {
+                            return Err(Error::OtherRole {
+                                iface: link.name.clone(),
+                                attached: Role::of(&old).name(),
+                                asked: role.name(),
+                            });
+                        }
                         if old.datapath == new.datapath {
                             if old.mode != new.mode {
                                 return Err(Error::OtherMode {
@@ -259,6 +294,7 @@ fn report(pins: &PinDir, link: &Link, att: &Attachment, result: AttachResult) ->
     AttachReport {
         iface: link.name.clone(),
         ifindex: link.index,
+        role: Role::of(att),
         datapath,
         mode: mode_name(att),
         result,
@@ -286,6 +322,9 @@ impl Step<'_, '_> {
         old: Option<&Attachment>,
     ) -> Result<Attachment> {
         let datapath = Datapath::from_att(att.datapath).unwrap_or(Datapath::Xdp);
+        if Role::of(&att) == Role::Uplink {
+            return self.add_uplink(link, att, old);
+        }
         // Both hooks forward into the peer of a veth: bpf_redirect_peer only works towards a
         // veth (or netkit), and the XDP path prepares the peer.
         if !link.is_veth() {
@@ -327,6 +366,51 @@ impl Step<'_, '_> {
         self.undo.push(Undo::Link(path));
         Ok(att)
     }
+
+    /// Phase 1 for an uplink: no pod side to prepare. Its MAC goes into `UPLINKS` (the
+    /// programs accept frames addressed to it, and redirect out of it only when the FIB names
+    /// it); with XDP it also becomes a devmap target of the pod programs (a NIC's driver
+    /// transmits redirected frames; a veth's peer needs NAPI, as for pods).
+    fn add_uplink(
+        &mut self,
+        link: &Link,
+        att: Attachment,
+        old: Option<&Attachment>,
+    ) -> Result<Attachment> {
+        let datapath = Datapath::from_att(att.datapath).unwrap_or(Datapath::Xdp);
+        let mac = link
+            .mac
+            .filter(|m| *m != [0; 6])
+            .ok_or_else(|| Error::UplinkNotEthernet(link.name.clone()))?;
+        if old.is_none() {
+            self.maps
+                .attachments
+                .insert(link.index, att, 0)
+                .context("recording the attachment (ATTACHMENTS full?)")?;
+            self.undo.push(Undo::Record(link.index));
+        }
+        self.maps
+            .uplinks
+            .insert(link.index, Uplink { mac, pad: [0; 2] }, 0)
+            .context("adding the uplink to UPLINKS (map full?)")?;
+        self.undo.push(Undo::Uplink(link.index));
+        if datapath == Datapath::Xdp {
+            self.maps
+                .tx_ports
+                .insert(link.index, link.index, None, 0)
+                .context("adding the uplink to TX_PORTS (map full?)")?;
+            self.undo.push(Undo::TxPort(link.index));
+        }
+        let path = link_pin(self.pins, datapath, link.index);
+        let mode = if att.mode == ATT_MODE_SKB {
+            Mode::Skb
+        } else {
+            Mode::Native
+        };
+        self.prog.attach(link, mode, &path)?;
+        self.undo.push(Undo::Link(path));
+        Ok(att)
+    }
 }
 
 /// Undoes phase 1 in reverse; removes the pins if that leaves nothing attached.
@@ -347,6 +431,7 @@ fn run_undo(rtnl: &mut Rtnl, maps: &mut Maps, step: Undo) -> Result<()> {
     match step {
         Undo::Peer(att) => restore_peer(rtnl, &att),
         Undo::TxPort(i) => maps.tx_ports.remove(i).context("TX_PORTS"),
+        Undo::Uplink(i) => maps.uplinks.remove(&i).context("UPLINKS"),
         Undo::Record(i) => maps.attachments.remove(&i).context("ATTACHMENTS"),
         Undo::Link(path) => unpin(&path),
     }

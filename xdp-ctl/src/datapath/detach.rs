@@ -8,7 +8,7 @@ use super::{
     att_name, dp_name,
     error::{Error, Result, ResultExt as _},
     link::unpin,
-    live_program, Datapath,
+    live_program, Datapath, Role,
 };
 use crate::{
     maps::{Maps, Prefix},
@@ -26,6 +26,7 @@ pub fn forget(pins: &PinDir, maps: &mut Maps, ifindex: u32) -> Result<()> {
     );
     remove_endpoints_on(maps, ifindex)?;
     let _ = maps.tx_ports.remove(ifindex);
+    let _ = maps.uplinks.remove(&ifindex);
     unpin(&pins.xdp_link_path(ifindex))?;
     unpin(&pins.tcx_link_path(ifindex))?;
     let _ = maps.attachments.remove(&ifindex);
@@ -49,6 +50,7 @@ pub(super) fn remove_endpoints_on(maps: &mut Maps, ifindex: u32) -> Result<usize
 pub struct DetachReport {
     pub iface: String,
     pub ifindex: u32,
+    pub role: Role,
     pub datapath: &'static str,
     pub endpoints_removed: usize,
     pub pod_settings_restored: bool,
@@ -122,6 +124,8 @@ pub fn detach_records(
         };
         let endpoints_removed = remove_endpoints_on(maps, att.ifindex)?;
         let _ = maps.tx_ports.remove(att.ifindex);
+        // An uplink: stop redirecting out of it first, then detach its program.
+        let _ = maps.uplinks.remove(&att.ifindex);
         unpin(&pins.xdp_link_path(att.ifindex))?;
         unpin(&pins.tcx_link_path(att.ifindex))?;
         let restore = live && att.prep_flags & ATT_F_PREPARED != 0;
@@ -139,6 +143,7 @@ pub fn detach_records(
         reports.push(DetachReport {
             iface: name,
             ifindex: att.ifindex,
+            role: Role::of(att),
             datapath: dp_name(att),
             endpoints_removed,
             pod_settings_restored: restore,

@@ -31,6 +31,20 @@ pub enum Error {
          /run/netns and no process runs in it; name it with `ip netns attach NAME PID` and retry"
     )]
     PeerNamespaceNotFound { iface: String, nsid: i32 },
+    #[error(
+        "{iface} is attached as {attached}; detach it first to attach it as {asked} (an \
+         interface is either a pod's host veth or an uplink)"
+    )]
+    OtherRole {
+        iface: String,
+        attached: &'static str,
+        asked: &'static str,
+    },
+    #[error(
+        "{0} has no Ethernet address; an uplink must be an Ethernet interface (overlay and \
+         tunnel devices stay on the kernel path)"
+    )]
+    UplinkNotEthernet(String),
     #[error("{iface} is attached in {mode} mode; detach it first to change the mode")]
     OtherMode { iface: String, mode: &'static str },
     #[error(

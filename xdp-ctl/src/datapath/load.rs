@@ -4,9 +4,12 @@ use aya::programs::{SchedClassifier, Xdp};
 
 use super::{
     error::{Error, Result, ResultExt as _},
-    Datapath,
+    Datapath, Role,
 };
-use crate::{maps::ALL_MAPS, pin::PinDir, EBPF_OBJECT, TC_PROGRAM, XDP_PROGRAM};
+use crate::{
+    maps::ALL_MAPS, pin::PinDir, EBPF_OBJECT, TC_PROGRAM, TC_UPLINK_PROGRAM, XDP_PROGRAM,
+    XDP_UPLINK_PROGRAM,
+};
 
 /// Loads the eBPF object; with `pins`, its maps are reused from (or pinned to) the pin
 /// directory.
@@ -20,17 +23,19 @@ pub fn load(pins: Option<&PinDir>) -> Result<aya::Ebpf> {
     loader.load(EBPF_OBJECT).map_err(Error::Load)
 }
 
-/// The loaded program of the requested datapath.
+/// The loaded program of the requested datapath and role.
 pub(super) enum Prog<'a> {
     Xdp(&'a mut Xdp),
     Tc(&'a mut SchedClassifier),
 }
 
 impl<'a> Prog<'a> {
-    pub(super) fn get(ebpf: &'a mut aya::Ebpf, datapath: Datapath) -> Result<Self> {
-        let name = match datapath {
-            Datapath::Xdp => XDP_PROGRAM,
-            Datapath::Tc => TC_PROGRAM,
+    pub(super) fn get(ebpf: &'a mut aya::Ebpf, datapath: Datapath, role: Role) -> Result<Self> {
+        let name = match (datapath, role) {
+            (Datapath::Xdp, Role::Pod) => XDP_PROGRAM,
+            (Datapath::Tc, Role::Pod) => TC_PROGRAM,
+            (Datapath::Xdp, Role::Uplink) => XDP_UPLINK_PROGRAM,
+            (Datapath::Tc, Role::Uplink) => TC_UPLINK_PROGRAM,
         };
         let program = ebpf.program_mut(name).ok_or(Error::MissingProgram(name))?;
         Ok(match datapath {

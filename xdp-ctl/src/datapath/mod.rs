@@ -23,6 +23,7 @@ use std::path::PathBuf;
 use aya::programs::XdpMode;
 use common::{
     Attachment, ATT_DATAPATH_TC, ATT_DATAPATH_XDP, ATT_MODE_NATIVE, ATT_MODE_SKB, ATT_MODE_TCX,
+    ATT_ROLE_POD, ATT_ROLE_UPLINK,
 };
 use serde::Serialize;
 
@@ -67,6 +68,40 @@ impl Datapath {
             ATT_DATAPATH_XDP => Some(Datapath::Xdp),
             ATT_DATAPATH_TC => Some(Datapath::Tc),
             _ => None,
+        }
+    }
+}
+
+/// What an attached interface is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A pod's host-side veth: the pod program (pod to local pod, pod to remote pod).
+    Pod,
+    /// An uplink towards other nodes: the uplink program (remote pod to local pod).
+    Uplink,
+}
+
+impl Role {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Role::Pod => "pod",
+            Role::Uplink => "uplink",
+        }
+    }
+
+    pub(crate) const fn to_att(self) -> u8 {
+        match self {
+            Role::Pod => ATT_ROLE_POD,
+            Role::Uplink => ATT_ROLE_UPLINK,
+        }
+    }
+
+    pub const fn of(att: &Attachment) -> Self {
+        if att.role == ATT_ROLE_UPLINK {
+            Role::Uplink
+        } else {
+            Role::Pod
         }
     }
 }
