@@ -155,6 +155,26 @@ struct RunArgs {
         value_delimiter = ','
     )]
     exclude: Vec<Prefix>,
+    /// Uplink towards other nodes (repeatable): attached with the uplink program, so meshed
+    /// traffic between local pods and the pods of --remote-meshed-cidr crosses this node
+    /// without its netfilter (see `xdp-ctl attach --uplink`). Attached when it appears.
+    #[arg(
+        long = "uplink",
+        value_name = "IFACE",
+        env = "XDP_FASTPATH_UPLINK",
+        value_delimiter = ','
+    )]
+    uplinks: Vec<String>,
+    /// Pod addresses on other nodes in C are meshed (repeatable), e.g. the other nodes' pod
+    /// CIDRs; reached through the uplinks. Needs --uplink.
+    #[arg(
+        long = "remote-meshed-cidr",
+        value_name = "C",
+        env = "XDP_FASTPATH_REMOTE_MESHED_CIDR",
+        value_delimiter = ',',
+        requires = "uplinks"
+    )]
+    remote_meshed: Vec<Prefix>,
     /// Which hook carries the fast path [default: tc where the kernel has TCX (6.6+), else
     /// xdp].
     #[arg(long, value_enum, env = "XDP_FASTPATH_DATAPATH")]
@@ -387,6 +407,8 @@ fn run_options(a: &RunArgs) -> Result<xdp_ctl::controller::RunOptions> {
             iface_prefixes: a.iface_prefixes.clone(),
             meshed: a.meshed.clone(),
             exclude: a.exclude.clone(),
+            uplinks: a.uplinks.clone(),
+            remote_meshed: a.remote_meshed.clone(),
         },
         datapath: datapath_or_default(a.datapath),
         mode: a.mode,

@@ -18,8 +18,8 @@ use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use common::{
     map_names,
     monitor::{
-        MonitorConfig, MonitorEvent, ACTION_REDIRECT, HOOK_TC, HOOK_TC_UPLINK, HOOK_XDP, HOOK_XDP_UPLINK, MONITOR_ANY_REASON,
-        STAT_EMITTED, STAT_LOST, STAT_SEEN,
+        MonitorConfig, MonitorEvent, ACTION_REDIRECT, HOOK_TC, HOOK_TC_UPLINK, HOOK_XDP,
+        HOOK_XDP_UPLINK, MONITOR_ANY_REASON, STAT_EMITTED, STAT_LOST, STAT_SEEN,
     },
     pkt::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
     Reason, FAMILY_V4, FAMILY_V6,

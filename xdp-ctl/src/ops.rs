@@ -7,12 +7,12 @@ use common::{ControllerState, Counter, Endpoint, Reason, EP_F_MESHED};
 use serde::Serialize;
 
 use crate::{
-    remote::{entry as remote_entry, remote_value, RemoteEntry},
     attach::{att_name, link_pin, live_program, mode_name, Datapath},
     controller::membership::{configured_names, MembershipMap, Sources, CFG_SYNCED},
     maps::{Maps, Prefix},
     nl::{fmt_mac, Rtnl},
     pin::PinDir,
+    remote::{entry as remote_entry, remote_value, RemoteEntry},
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -350,7 +350,9 @@ pub fn remote_add(
                 .attachment(link.index)
                 .is_some_and(|a| crate::datapath::Role::of(&a) == crate::datapath::Role::Uplink)
             {
-                bail!("{name} is not an attached uplink; run `xdp-ctl attach --uplink {name}` first");
+                bail!(
+                    "{name} is not an attached uplink; run `xdp-ctl attach --uplink {name}` first"
+                );
             }
             link.index
         }

@@ -39,12 +39,14 @@ fn not_found(e: &MapError) -> bool {
 impl Maps {
     pub fn insert_remote(&mut self, p: Prefix, value: &Remote) -> Result<()> {
         match p.addr {
-            IpAddr::V4(a) => self
-                .remote_v4
-                .insert(&Key::new(u32::from(p.len), a.octets()), value, 0),
-            IpAddr::V6(a) => self
-                .remote_v6
-                .insert(&Key::new(u32::from(p.len), a.octets()), value, 0),
+            IpAddr::V4(a) => {
+                self.remote_v4
+                    .insert(&Key::new(u32::from(p.len), a.octets()), value, 0)
+            }
+            IpAddr::V6(a) => {
+                self.remote_v6
+                    .insert(&Key::new(u32::from(p.len), a.octets()), value, 0)
+            }
         }
         .with_context(|| format!("writing remote prefix {p} (is the map full?)"))
     }

@@ -38,7 +38,8 @@ use common::{
 };
 
 use crate::maps::{
-    COUNTERS, ENDPOINTS_V4, ENDPOINTS_V6, FIB_SCRATCH, FLOWS, KERNEL_SOCKETS, REMOTE_V4, REMOTE_V6, UPLINKS,
+    COUNTERS, ENDPOINTS_V4, ENDPOINTS_V6, FIB_SCRATCH, FLOWS, KERNEL_SOCKETS, REMOTE_V4, REMOTE_V6,
+    UPLINKS,
 };
 
 const ETH_HLEN: usize = 14;
@@ -735,11 +736,7 @@ fn remember_kernel_socket(addrs: &Addrs, port: u16, side: Side) {
 /// (its endpoint names that veth: anti-spoofing), and the frame is addressed to that veth's
 /// MAC, as the kernel would require.
 #[inline(always)]
-fn check_source(
-    ingress: u32,
-    eth: &[u8; ETH_HLEN],
-    src: Option<&Endpoint>,
-) -> Result<(), Reason> {
+fn check_source(ingress: u32, eth: &[u8; ETH_HLEN], src: Option<&Endpoint>) -> Result<(), Reason> {
     let src = src.ok_or(Reason::SrcMismatch)?;
     if src.ifindex != ingress {
         return Err(Reason::SrcMismatch);

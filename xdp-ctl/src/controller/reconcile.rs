@@ -10,7 +10,7 @@ use super::{
     Controller, Stopped,
 };
 use crate::{
-    attach::{self, AttachResult, Datapath},
+    attach::{self, AttachResult, Datapath, Role},
     maps::Prefix,
     nl::Link,
 };
@@ -66,14 +66,20 @@ impl Controller {
 
         // 1. Interfaces that should carry the datapath (the Attacher no-ops live ones).
         let mut to_attach = Vec::new();
+        let mut uplinks = Vec::new();
         for &i in links {
             if self.node.wants_link(cfg, i) {
                 if let Some(l) = self.rtnl.link_by_index(i)? {
                     to_attach.push(l);
                 }
+            } else if self.node.wants_uplink(cfg, i) {
+                if let Some(l) = self.rtnl.link_by_index(i)? {
+                    uplinks.push((l, Role::Uplink));
+                }
             }
         }
         writes += self.attach_batch(&to_attach);
+        writes += self.attach_uplinks(&uplinks);
         if self.stopping() {
             return Err(Stopped.into());
         }
@@ -109,7 +115,11 @@ impl Controller {
         //    or out of the configured prefixes) are detached and their pods restored.
         for &i in links {
             let Some(att) = records.get(&i) else { continue };
-            if self.node.wants_link(cfg, i) {
+            let wanted = match Role::of(att) {
+                Role::Pod => self.node.wants_link(cfg, i),
+                Role::Uplink => self.node.wants_uplink(cfg, i),
+            };
+            if wanted {
                 continue;
             }
             if self.node.link(i).is_some() {
@@ -200,6 +210,40 @@ impl Controller {
             match r {
                 Ok(()) => debug!(iface = %l.name, "pod side up: GRO re-applied"),
                 Err(e) => warn!("{}", e.chain()),
+            }
+        }
+    }
+
+    /// Attaches the uplinks of `links`; an uplink that fails is retried at the next resync.
+    fn attach_uplinks(&mut self, links: &[(Link, Role)]) -> u64 {
+        let mut changed = 0;
+        for l in links {
+            match self
+                .attacher
+                .attach_roles(&mut self.rtnl, std::slice::from_ref(l), &self.stop)
+            {
+                Ok(reports) => {
+                    for r in reports {
+                        if r.result != AttachResult::AlreadyAttached {
+                            info!(iface = %r.iface, datapath = r.datapath.name(), result = r.result.name(), "uplink attached");
+                            changed += 1;
+                        }
+                    }
+                }
+                Err(e) => warn!("uplink {}: {}", l.0.name, e.chain()),
+            }
+        }
+        changed
+    }
+
+    /// Makes the remote prefixes equal to the configured ones; returns the writes.
+    pub(super) fn sync_remotes(&mut self) -> u64 {
+        let want = self.opts.config.remote_prefixes();
+        match self.attacher.maps.sync_remotes(&want) {
+            Ok(n) => n as u64,
+            Err(e) => {
+                warn!("remote prefixes: {e:#}");
+                0
             }
         }
     }

@@ -64,7 +64,7 @@ impl Controller {
         link_keys.extend(self.attacher.maps.attachments()?.iter().map(|a| a.ifindex));
         link_keys.sort_unstable();
         link_keys.dedup();
-        let writes = self.reconcile_locked(&keys, &link_keys)?;
+        let writes = self.reconcile_locked(&keys, &link_keys)? + self.sync_remotes();
         drop(lock);
 
         self.state.resyncs += 1;

@@ -92,7 +92,16 @@ pub fn attach(
     let targets: Vec<(Link, Role)> = links
         .into_iter()
         .enumerate()
-        .map(|(i, l)| (l, if i < ifaces.len() { Role::Pod } else { Role::Uplink }))
+        .map(|(i, l)| {
+            (
+                l,
+                if i < ifaces.len() {
+                    Role::Pod
+                } else {
+                    Role::Uplink
+                },
+            )
+        })
         .collect();
     let _lock = pins.create_and_lock()?;
     let mut attacher = Attacher::new(pins, datapath, mode)?;
@@ -177,17 +186,7 @@ impl Attacher {
                     break;
                 }
                 let mut prog = Prog::get(ebpf, datapath, *role)?;
-                let new = Attachment {
-                    ifindex: link.index,
-                    datapath: datapath.to_att(),
-                    mode: match datapath {
-                        Datapath::Xdp => mode.to_att(),
-                        Datapath::Tc => ATT_MODE_TCX,
-                    },
-                    prep_flags: 0,
-                    role: role.to_att(),
-                    name: name_bytes(&link.name),
-                };
+                let new = new_attachment(link, *role, datapath, mode);
                 let mut ctx = Step {
                     pins,
                     rtnl: &mut *rtnl,
@@ -199,20 +198,7 @@ impl Attacher {
                 let mut result = AttachResult::Attached;
                 match ctx.maps.attachment(link.index) {
                     Some(old) if live_old(pins, link, &old) => {
-                        if old.role != new.role {
-                            return Err(Error::OtherRole {
-                                iface: link.name.clone(),
-                                attached: Role::of(&old).name(),
-                                asked: role.name(),
-                            });
-                        }
-                        if old.datapath == new.datapath {
-                            if old.mode != new.mode {
-                                return Err(Error::OtherMode {
-                                    iface: link.name.clone(),
-                                    mode: mode_name(&old),
-                                });
-                            }
+                        if already_attached(link, &old, &new)? {
                             reports.push(report(pins, link, &new, AttachResult::AlreadyAttached));
                             continue;
                         }
@@ -283,6 +269,42 @@ fn resolve(rtnl: &mut Rtnl, ifaces: &[String]) -> Result<Vec<Link>> {
         links.push(link);
     }
     Ok(links)
+}
+
+fn new_attachment(link: &Link, role: Role, datapath: Datapath, mode: Mode) -> Attachment {
+    Attachment {
+        ifindex: link.index,
+        datapath: datapath.to_att(),
+        mode: match datapath {
+            Datapath::Xdp => mode.to_att(),
+            Datapath::Tc => ATT_MODE_TCX,
+        },
+        prep_flags: 0,
+        role: role.to_att(),
+        name: name_bytes(&link.name),
+    }
+}
+
+/// For a live attachment `old`: true if it already is `new`, false if it is to be switched to
+/// the other datapath; an error if the role or the XDP mode differ.
+fn already_attached(link: &Link, old: &Attachment, new: &Attachment) -> Result<bool> {
+    if old.role != new.role {
+        return Err(Error::OtherRole {
+            iface: link.name.clone(),
+            attached: Role::of(old).name(),
+            asked: Role::of(new).name(),
+        });
+    }
+    if old.datapath != new.datapath {
+        return Ok(false);
+    }
+    if old.mode != new.mode {
+        return Err(Error::OtherMode {
+            iface: link.name.clone(),
+            mode: mode_name(old),
+        });
+    }
+    Ok(true)
 }
 
 fn live_old(pins: &PinDir, link: &Link, old: &Attachment) -> bool {

@@ -28,13 +28,32 @@ pub struct Config {
     pub meshed: Vec<Prefix>,
     /// Pod addresses left entirely to the kernel (not programmed at all).
     pub exclude: Vec<Prefix>,
+    /// Uplinks (interface names) that carry the uplink program (`--uplink`).
+    pub uplinks: Vec<String>,
+    /// Meshed pod prefixes on other nodes (`--remote-meshed-cidr`): `REMOTE_V4` / `REMOTE_V6`
+    /// hold exactly these.
+    pub remote_meshed: Vec<Prefix>,
 }
 
 impl Config {
     pub fn matches_iface(&self, name: &str) -> bool {
-        self.iface_prefixes
+        !self.is_uplink(name)
+            && self
+                .iface_prefixes
+                .iter()
+                .any(|p| name.starts_with(p.as_str()))
+    }
+
+    pub fn is_uplink(&self, name: &str) -> bool {
+        self.uplinks.iter().any(|u| u == name)
+    }
+
+    /// What `REMOTE_V4` / `REMOTE_V6` must hold.
+    pub fn remote_prefixes(&self) -> Vec<(Prefix, common::Remote)> {
+        self.remote_meshed
             .iter()
-            .any(|p| name.starts_with(p.as_str()))
+            .map(|p| (*p, crate::remote::remote_value(true, 0)))
+            .collect()
     }
 
     /// Left to the kernel entirely (`--exclude-cidr`).
@@ -83,7 +102,27 @@ mod tests {
                 "fd00::/64".parse().unwrap(),
             ],
             exclude: vec![],
+            uplinks: vec!["eth0".into()],
+            remote_meshed: vec!["10.244.2.0/24".parse().unwrap()],
         }
+    }
+
+    #[test]
+    fn uplinks_are_no_pod_interfaces() {
+        let c = cfg();
+        assert!(c.is_uplink("eth0"));
+        assert!(!c.matches_iface("eth0"));
+        assert!(c.matches_iface("cali1"));
+        let c = Config {
+            iface_prefixes: vec!["eth".into()],
+            ..cfg()
+        };
+        assert!(!c.matches_iface("eth0"), "an uplink is never a pod veth");
+        assert!(c.matches_iface("eth1"));
+        let r = cfg().remote_prefixes();
+        assert_eq!(r.len(), 1);
+        assert!(r[0].1.is_meshed());
+        assert_eq!(r[0].1.uplink, 0);
     }
 
     fn veth(index: u32, name: &str, peer_mac: Option<[u8; 6]>) -> LinkFacts {

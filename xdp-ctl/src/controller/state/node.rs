@@ -124,10 +124,17 @@ impl Node {
         )
     }
 
-    /// Is `index` an interface the controller should attach to?
+    /// Is `index` a pod interface the controller should attach to?
     pub fn wants_link(&self, cfg: &Config, index: u32) -> bool {
         self.links
             .get(&index)
             .is_some_and(|l| l.is_veth && cfg.matches_iface(&l.name))
+    }
+
+    /// Is `index` an uplink the controller should attach to?
+    pub fn wants_uplink(&self, cfg: &Config, index: u32) -> bool {
+        self.links
+            .get(&index)
+            .is_some_and(|l| cfg.is_uplink(&l.name))
     }
 }
