@@ -33,6 +33,7 @@ use std::{
 use serde_json::Value;
 
 pub mod kube_api;
+pub mod twonode;
 
 /// Timeout for helper commands (bench script, ip, iptables, ethtool, xdp-ctl).
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(90);
