@@ -344,7 +344,7 @@ impl TwoNodes {
 
     /// The pod's host-side veth, in its node's namespace: `PREFIX<node>h<i>`.
     pub fn host_veth(&self, pod: Pod) -> String {
-        format!("{}h{}", self.iface_prefix(pod.node), pod.index)
+        format!("{}{}", self.iface_prefix(pod.node), pod.index)
     }
 
     /// The host veths of every pod of `node`.
@@ -714,6 +714,15 @@ impl TwoNodes {
             .find(|n| n.get("dst").and_then(Value::as_str) == Some(peer.as_str()))
             .and_then(|n| n.get("state")?.as_array()?.first()?.as_str())
             .map(str::to_string)
+    }
+
+    /// Whether `node`'s neighbour entry for the other node's wire address is usable (REACHABLE,
+    /// STALE, DELAY, PROBE or PERMANENT: what a FIB lookup takes as a next hop's MAC).
+    #[track_caller]
+    pub fn wire_neighbour_resolved(&self, node: Node, v6: bool) -> bool {
+        self.wire_neighbour_state(node, v6).is_some_and(|s| {
+            ["REACHABLE", "STALE", "DELAY", "PROBE", "PERMANENT"].contains(&s.as_str())
+        })
     }
 
     /// Forgets `node`'s neighbour entries on its wire end (both families).
