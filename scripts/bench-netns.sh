@@ -11,6 +11,18 @@
 #                     forwarding on, optionally K never-matching FORWARD rules
 #
 # MACs are deterministic: pod eth0 02:00:00:00:HH:LL, host side 02:00:00:01:HH:LL, HHLL = i.
+#
+# With --nodes 2, two such nodes joined by a veth pair as the wire, with native routing (each
+# node routes the other's pod CIDR via the other's wire address, as Calico BGP, flannel host-gw
+# or kindnet do):
+#
+#   ${PREFIX}-node<k>:    k = 1, 2; as above, plus rp_filter=0 and the wire end up<k>
+#                         (10.244.255.<k>/30, fd00::ff:<k>/112, MAC 02:00:00:ff:00:0k,
+#                         tx checksumming off, GRO on), routes 10.244.<j>.0/24 and
+#                         fd00::<j>:0/112 via the other node's wire address dev up<k>
+#   ${PREFIX}-n<k>pod<i>: eth0 10.244.<k>.<i>/32 + fd00::<k>:<i hex>/128, configured like the
+#                         pods above; host side ${PREFIX}<k>h<i> in ${PREFIX}-node<k>;
+#                         MACs pod 02:00:0k:00:HH:LL, host side 02:00:0k:01:HH:LL
 set -euo pipefail
 
 # A reader that goes away (`... | head`) must not kill us half-way through set-up or clean-up:
@@ -21,12 +33,14 @@ PROG=$(basename "$0")
 DEFAULT_PREFIX=xfp
 DEFAULT_PODS=2
 MAX_PODS=65535
+# Per node with --nodes 2: pod i is 10.244.<node>.<i>.
+MAX_PODS_TWO_NODES=254
 IFNAMSIZ_MAX=15
 
 usage() {
   cat <<EOF
 Usage:
-  ${PROG} up [N] [--name PREFIX] [--forward-rules K]
+  ${PROG} up [N] [--name PREFIX] [--forward-rules K] [--nodes 1|2]
   ${PROG} down [--name PREFIX]
   ${PROG} add-pods FROM TO [--name PREFIX]
   ${PROG} del-pods FROM TO [--name PREFIX]
@@ -39,7 +53,15 @@ Builds the routed pod-to-pod bench of DESIGN.md section 1 inside network namespa
           node namespace. Pod i gets 10.244.(i>>8).(i&255)/32 and fd00::<i in hex>/128.
           Fails if namespaces with this prefix already exist. On failure, everything it
           created is removed again.
-  down    Delete every PREFIX-node / PREFIX-pod<i> namespace (their veths go with them).
+          With --nodes 2: two nodes PREFIX-node1 and PREFIX-node2, joined by a veth pair
+          (the wire: up1 in node 1, 10.244.255.1/30 and fd00::ff:1/112, <-> up2 in node 2,
+          .2 and ::ff:2; tx checksumming off and GRO on at both ends), each with N pods
+          PREFIX-n<k>pod<i> (eth0 10.244.<k>.<i>/32 and fd00::<k>:<i hex>/128, host side
+          PREFIX<k>h<i>); native routing: node 1 routes 10.244.2.0/24 and fd00::2:0/112 via
+          node 2's wire address, and vice versa. rp_filter=0 in both nodes. Each node has
+          resolved the other's wire address (ARP and NDP) when 'up' returns.
+  down    Delete every namespace of PREFIX, either layout: PREFIX-node, PREFIX-pod<i>,
+          PREFIX-node<k>, PREFIX-n<k>pod<i> (their veths, the wire included, go with them).
           Idempotent: nothing to delete is not an error. Removes added pods too.
   add-pods
           Add pods FROM..TO to a running bench (PREFIX-node must exist), built exactly like
@@ -54,7 +76,10 @@ Options:
   --name PREFIX        namespace/interface prefix, letters and digits (default ${DEFAULT_PREFIX});
                        PREFIXh<N> must fit in ${IFNAMSIZ_MAX} characters
   --forward-rules K    load K never-matching rules into the node's iptables and ip6tables
-                       FORWARD chains (emulates kube-proxy/CNI rule load; default 0)
+                       FORWARD chains (emulates kube-proxy/CNI rule load; default 0); with
+                       --nodes 2, into each node's
+  --nodes 1|2          one node (default) or two nodes joined by a wire ('up' only; N pods
+                       per node, 1..${MAX_PODS_TWO_NODES} with 2)
 
 Examples:
   ${PROG} up 2
@@ -63,6 +88,9 @@ Examples:
   ${PROG} add-pods 1001 1050 --name b
   ${PROG} del-pods 1 25 --name b
   ${PROG} down
+  ${PROG} up 2 --nodes 2 --name x2
+  ip netns exec x2-n1pod1 ping -c1 10.244.2.1
+  ${PROG} down --name x2
 EOF
 }
 
@@ -73,25 +101,41 @@ HELP=help
 
 # --- naming and addressing (pure helpers) -------------------------------------------------
 
-node_ns() { printf '%s-node' "$PREFIX"; }
-pod_ns() { printf '%s-pod%d' "$PREFIX" "$1"; }
-host_if() { printf '%sh%d' "$PREFIX" "$1"; }
+# The node being built: empty for the one-node layout, 1 or 2 with --nodes 2.
+NODE=""
 
-# Sets P_NS P_HV P_V4 P_V6 P_MAC P_HMAC for pod $1 without forking (loops over 1000 pods).
+node_ns() { printf '%s-node%s' "$PREFIX" "$NODE"; }
+pod_ns() {
+  if [ -z "$NODE" ]; then printf '%s-pod%d' "$PREFIX" "$1"; else printf '%s-n%dpod%d' "$PREFIX" "$NODE" "$1"; fi
+}
+host_if() { printf '%s%sh%d' "$PREFIX" "$NODE" "$1"; }
+
+# Sets P_NS P_HV P_V4 P_V6 P_MAC P_HMAC for pod $1 of node $NODE without forking (loops over
+# 1000 pods).
 pod_vars() {
   local i=$1 hi=$(($1 >> 8)) lo=$(($1 & 255))
-  printf -v P_NS '%s-pod%d' "$PREFIX" "$i"
-  printf -v P_HV '%sh%d' "$PREFIX" "$i"
-  printf -v P_V4 '10.244.%d.%d' "$hi" "$lo"
-  printf -v P_V6 'fd00::%x' "$i"
-  printf -v P_MAC '02:00:00:00:%02x:%02x' "$hi" "$lo"
-  printf -v P_HMAC '02:00:00:01:%02x:%02x' "$hi" "$lo"
+  if [ -z "$NODE" ]; then
+    printf -v P_NS '%s-pod%d' "$PREFIX" "$i"
+    printf -v P_HV '%sh%d' "$PREFIX" "$i"
+    printf -v P_V4 '10.244.%d.%d' "$hi" "$lo"
+    printf -v P_V6 'fd00::%x' "$i"
+    printf -v P_MAC '02:00:00:00:%02x:%02x' "$hi" "$lo"
+    printf -v P_HMAC '02:00:00:01:%02x:%02x' "$hi" "$lo"
+  else
+    printf -v P_NS '%s-n%dpod%d' "$PREFIX" "$NODE" "$i"
+    printf -v P_HV '%s%dh%d' "$PREFIX" "$NODE" "$i"
+    printf -v P_V4 '10.244.%d.%d' "$NODE" "$i"
+    printf -v P_V6 'fd00::%x:%x' "$NODE" "$i"
+    printf -v P_MAC '02:00:%02x:00:%02x:%02x' "$NODE" "$hi" "$lo"
+    printf -v P_HMAC '02:00:%02x:01:%02x:%02x' "$NODE" "$hi" "$lo"
+  fi
 }
 
-# Our namespaces, exactly: PREFIX-node and PREFIX-pod<digits> (never a longer prefix's).
+# Our namespaces, exactly, of either layout: PREFIX-node, PREFIX-pod<digits>, PREFIX-node1,
+# PREFIX-node2, PREFIX-n<1|2>pod<digits> (never a longer prefix's).
 list_ours() {
   ip netns list 2>/dev/null | awk '{print $1}' \
-    | grep -E "^${PREFIX}-(node|pod[0-9]+)\$" || true
+    | grep -E "^${PREFIX}-(node|pod[0-9]+|node[12]|n[12]pod[0-9]+)\$" || true
 }
 
 # --- down -------------------------------------------------------------------------------
@@ -192,15 +236,8 @@ cleanup_failed_up() {
   exit "$rc"
 }
 
-print_summary() {
-  local n=$1 rules=$2 start=$3 node i
-  node=$(node_ns)
-  local elapsed
-  elapsed=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')
-  say "up: done in ${elapsed}s"
-  echo
-  echo "node namespace: ${node} (ip_forward=1, ipv6 forwarding=1, FORWARD rules: ${rules} v4 + ${rules} v6)"
-  echo "pods: ${n}"
+print_pods() {
+  local n=$1 i
   printf '  %-16s %-16s %-15s %-22s %-18s %s\n' NAMESPACE HOST-VETH IPV4 IPV6 POD-MAC HOST-MAC
   local shown=$n
   if [ "$n" -gt 20 ]; then shown=10; fi
@@ -212,29 +249,125 @@ print_summary() {
     pod_vars "$i"
     printf '  %-16s %-16s %-15s %-22s %-18s %s\n' "$P_NS" "$P_HV" "$P_V4" "$P_V6" "$P_MAC" "$P_HMAC"
   done
+}
+
+print_summary() {
+  local n=$1 rules=$2 start=$3 node
+  node=$(node_ns)
+  local elapsed
+  elapsed=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')
+  say "up: done in ${elapsed}s"
+  echo
+  echo "node namespace: ${node} (ip_forward=1, ipv6 forwarding=1, FORWARD rules: ${rules} v4 + ${rules} v6)"
+  echo "pods: ${n}"
+  print_pods "$n"
   echo
   pod_vars "$n"
   echo "try: ip netns exec $(pod_ns 1) ping -c1 ${P_V4}"
   echo "tear down: ${PROG} down --name ${PREFIX}"
 }
 
-do_up() {
-  local n=$1 rules=$2 i node existing start
-  node=$(node_ns)
-  start=$(date +%s.%N)
+print_summary_two() {
+  local n=$1 rules=$2 start=$3 elapsed
+  elapsed=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')
+  say "up: done in ${elapsed}s"
+  for NODE in 1 2; do
+    wire_vars
+    echo
+    echo "node namespace: $(node_ns) (ip_forward=1, ipv6 forwarding=1, rp_filter=0, FORWARD rules: ${rules} v4 + ${rules} v6)"
+    echo "  wire: ${W_IF} ${W_V4}/30 ${W_V6}/112 ${W_MAC} (tx checksumming off, GRO on)"
+    echo "  routes: ${W_REMOTE_V4} via ${W_PEER_V4}, ${W_REMOTE_V6} via ${W_PEER_V6} dev ${W_IF}"
+    echo "  pods: ${n}"
+    print_pods "$n"
+  done
+  NODE=1
+  echo
+  echo "try: ip netns exec $(pod_ns 1) ping -c1 10.244.2.1"
+  echo "tear down: ${PROG} down --name ${PREFIX}"
+  NODE=""
+}
 
+# Node namespace $(node_ns) (it must exist): lo up, forwarding, proxy_arp and accept_dad=0 by
+# default; extra sysctls (NAME=VALUE) may follow.
+setup_node() {
+  local node
+  node=$(node_ns)
+  say "node ${node}: lo up, ip_forward=1, ipv6 forwarding=1, proxy_arp and accept_dad=0 by default${1:+, $*}"
+  # All inside the node namespace only; "default" makes the veths created below inherit.
+  ip netns exec "$node" sysctl -q -w \
+    net.ipv4.ip_forward=1 \
+    net.ipv6.conf.all.forwarding=1 \
+    net.ipv4.conf.default.proxy_arp=1 \
+    net.ipv6.conf.all.accept_dad=0 \
+    net.ipv6.conf.default.accept_dad=0 "$@" >/dev/null
+  ip -n "$node" link set lo up
+}
+
+# Loads RULES ($1) never-matching rules into the FORWARD chains of $(node_ns); files go to
+# DIR ($2).
+load_forward_rules() {
+  local rules=$1 dir=$2 node k
+  node=$(node_ns)
+  say "node ${node}: loading ${rules} never-matching FORWARD rules into iptables and ip6tables"
+  {
+    echo '*filter'
+    for ((k = 0; k < rules; k++)); do
+      # 198.18.0.0/15 (benchmarking range) never carries pod traffic.
+      printf -- '-A FORWARD -s 198.18.%d.%d/32 -d 198.19.0.0/16 -p tcp -m tcp --dport %d -j DROP\n' \
+        $(((k >> 8) & 255)) $((k & 255)) $((1024 + k % 60000))
+    done
+    echo 'COMMIT'
+  } >"$dir/rules4"
+  {
+    echo '*filter'
+    for ((k = 0; k < rules; k++)); do
+      # 2001:db8::/32 (documentation range) never carries pod traffic.
+      printf -- '-A FORWARD -s 2001:db8::%x/128 -d 2001:db8:1::/64 -p tcp -m tcp --dport %d -j DROP\n' \
+        "$k" $((1024 + k % 60000))
+    done
+    echo 'COMMIT'
+  } >"$dir/rules6"
+  ip netns exec "$node" iptables-restore --noflush <"$dir/rules4"
+  ip netns exec "$node" ip6tables-restore --noflush <"$dir/rules6"
+  local got
+  got=$(ip netns exec "$node" iptables -S FORWARD | grep -c '^-A FORWARD' || true)
+  [ "$got" -eq "$rules" ] || die "expected ${rules} iptables FORWARD rules in ${node}, found ${got}"
+}
+
+# Refuses to build over an existing bench of this prefix; checks the tools (ARGS: extra ones).
+check_fresh() {
+  local existing tool
   existing=$(list_ours)
   if [ -n "$existing" ]; then
     die "namespaces with prefix '${PREFIX}' already exist ($(printf '%s\n' "$existing" | wc -l)); run '${PROG} down --name ${PREFIX}' first"
   fi
-  for tool in ip iptables-restore ip6tables-restore sysctl; do
+  for tool in ip iptables-restore ip6tables-restore sysctl "$@"; do
     command -v "$tool" >/dev/null || die "'$tool' not found (scripts/bootstrap.sh installs it)"
   done
+}
 
+# The temporary directory and the clean-up traps of 'up'.
+begin_up() {
   TMPDIR_UP=$(mktemp -d /tmp/bench-netns.XXXXXX)
   trap cleanup_failed_up EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM
+}
+
+end_up() {
+  UP_COMPLETE=1
+  rm -rf -- "$TMPDIR_UP"
+  TMPDIR_UP=""
+  trap - EXIT INT TERM
+}
+
+do_up() {
+  local n=$1 rules=$2 i node start
+  node=$(node_ns)
+  start=$(date +%s.%N)
+
+  check_fresh
+  begin_up
 
   say "creating namespaces: ${node} and ${n} pod namespace(s) $(pod_ns 1)..$(pod_ns "$n")"
   {
@@ -246,52 +379,95 @@ do_up() {
   } >"$TMPDIR_UP/netns.batch"
   ip -batch "$TMPDIR_UP/netns.batch"
 
-  say "node ${node}: lo up, ip_forward=1, ipv6 forwarding=1, proxy_arp and accept_dad=0 by default"
-  # All inside the node namespace only; "default" makes the veths created below inherit.
-  ip netns exec "$node" sysctl -q -w \
-    net.ipv4.ip_forward=1 \
-    net.ipv6.conf.all.forwarding=1 \
-    net.ipv4.conf.default.proxy_arp=1 \
-    net.ipv6.conf.all.accept_dad=0 \
-    net.ipv6.conf.default.accept_dad=0 >/dev/null
-  ip -n "$node" link set lo up
-
+  setup_node
   build_pods 1 "$n" "$TMPDIR_UP"
 
   if [ "$rules" -gt 0 ]; then
-    say "node ${node}: loading ${rules} never-matching FORWARD rules into iptables and ip6tables"
-    local k
-    {
-      echo '*filter'
-      for ((k = 0; k < rules; k++)); do
-        # 198.18.0.0/15 (benchmarking range) never carries pod traffic.
-        printf -- '-A FORWARD -s 198.18.%d.%d/32 -d 198.19.0.0/16 -p tcp -m tcp --dport %d -j DROP\n' \
-          $(((k >> 8) & 255)) $((k & 255)) $((1024 + k % 60000))
-      done
-      echo 'COMMIT'
-    } >"$TMPDIR_UP/rules4"
-    {
-      echo '*filter'
-      for ((k = 0; k < rules; k++)); do
-        # 2001:db8::/32 (documentation range) never carries pod traffic.
-        printf -- '-A FORWARD -s 2001:db8::%x/128 -d 2001:db8:1::/64 -p tcp -m tcp --dport %d -j DROP\n' \
-          "$k" $((1024 + k % 60000))
-      done
-      echo 'COMMIT'
-    } >"$TMPDIR_UP/rules6"
-    ip netns exec "$node" iptables-restore --noflush <"$TMPDIR_UP/rules4"
-    ip netns exec "$node" ip6tables-restore --noflush <"$TMPDIR_UP/rules6"
-    local got
-    got=$(ip netns exec "$node" iptables -S FORWARD | grep -c '^-A FORWARD' || true)
-    [ "$got" -eq "$rules" ] || die "expected ${rules} iptables FORWARD rules in ${node}, found ${got}"
+    load_forward_rules "$rules" "$TMPDIR_UP"
   fi
 
-  UP_COMPLETE=1
-  rm -rf -- "$TMPDIR_UP"
-  TMPDIR_UP=""
-  trap - EXIT INT TERM
-
+  end_up
   print_summary "$n" "$rules" "$start" 2>/dev/null || true
+}
+
+# --- two nodes (up --nodes 2) -----------------------------------------------------------
+
+# Sets W_IF W_MAC W_V4 W_V6 (node $NODE's wire end), W_PEER_V4 W_PEER_V6 (the other end's
+# addresses) and W_REMOTE_V4 W_REMOTE_V6 (the other node's pod CIDRs).
+wire_vars() {
+  local other=$((3 - NODE))
+  W_IF="up${NODE}"
+  W_MAC="02:00:00:ff:00:0${NODE}"
+  W_V4="10.244.255.${NODE}"
+  W_V6="fd00::ff:${NODE}"
+  W_PEER_V4="10.244.255.${other}"
+  W_PEER_V6="fd00::ff:${other}"
+  W_REMOTE_V4="10.244.${other}.0/24"
+  W_REMOTE_V6="fd00::${other}:0/112"
+}
+
+do_up_two() {
+  local n=$1 rules=$2 i start node
+  start=$(date +%s.%N)
+
+  check_fresh ethtool ping
+  begin_up
+
+  say "creating namespaces: ${PREFIX}-node1 and ${PREFIX}-node2, and ${n} pod namespace(s) per node"
+  for NODE in 1 2; do
+    echo "netns add $(node_ns)"
+    for ((i = 1; i <= n; i++)); do
+      pod_vars "$i"
+      echo "netns add ${P_NS}"
+    done
+  done >"$TMPDIR_UP/netns.batch"
+  ip -batch "$TMPDIR_UP/netns.batch"
+
+  for NODE in 1 2; do
+    # rp_filter=0: what reaches FORWARD is decided by the rules a test installs, not by the
+    # host's setting (new namespaces inherit the host's IPv4 defaults).
+    setup_node net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
+    build_pods 1 "$n" "$TMPDIR_UP"
+  done
+
+  say "wire: up1 in ${PREFIX}-node1 <-> up2 in ${PREFIX}-node2"
+  ip link add up1 address 02:00:00:ff:00:01 netns "${PREFIX}-node1" type veth \
+    peer name up2 address 02:00:00:ff:00:02 netns "${PREFIX}-node2"
+  for NODE in 1 2; do
+    wire_vars
+    node=$(node_ns)
+    say "node ${node}: ${W_IF} ${W_V4}/30 ${W_V6}/112, tx checksumming off, GRO on; ${W_REMOTE_V4} via ${W_PEER_V4}, ${W_REMOTE_V6} via ${W_PEER_V6}"
+    printf '%s\n' \
+      "link set ${W_IF} up" \
+      "addr add ${W_V4}/30 dev ${W_IF}" \
+      "addr add ${W_V6}/112 dev ${W_IF} nodad" \
+      "route add ${W_REMOTE_V4} via ${W_PEER_V4} dev ${W_IF}" \
+      "route add ${W_REMOTE_V6} via ${W_PEER_V6} dev ${W_IF}" >"$TMPDIR_UP/wire.batch"
+    ip -n "$node" -batch "$TMPDIR_UP/wire.batch"
+    # A NIC that fills in checksums in hardware delivers full ones: with tx checksumming off
+    # the kernel completes them before the wire. GRO on: frames that XDP redirects into a veth
+    # are dropped unless its peer has NAPI (DESIGN.md section 3).
+    ip netns exec "$node" ethtool -K "$W_IF" tx off gro on >/dev/null
+  done
+  # As on a real node, the peer node's neighbour entry exists before pods talk (a FORWARD DROP
+  # would otherwise stop the first packet, and the resolution with it).
+  for NODE in 1 2; do
+    wire_vars
+    node=$(node_ns)
+    say "node ${node}: resolving ${W_PEER_V4} and ${W_PEER_V6} (ARP, NDP)"
+    ip netns exec "$node" ping -q -c1 -W2 "$W_PEER_V4" >/dev/null \
+      || die "node ${node}: no answer from ${W_PEER_V4} over the wire"
+    ip netns exec "$node" ping -q -c1 -W2 "$W_PEER_V6" >/dev/null \
+      || die "node ${node}: no answer from ${W_PEER_V6} over the wire"
+  done
+
+  if [ "$rules" -gt 0 ]; then
+    for NODE in 1 2; do load_forward_rules "$rules" "$TMPDIR_UP"; done
+  fi
+  NODE=""
+
+  end_up
+  print_summary_two "$n" "$rules" "$start" 2>/dev/null || true
 }
 
 # --- add-pods / del-pods (on a running bench) ---------------------------------------------
@@ -387,6 +563,7 @@ esac
 PREFIX=$DEFAULT_PREFIX
 POSITIONAL=()
 RULES=0
+NODES=1
 while [ $# -gt 0 ]; do
   case "$1" in
     -h | --help)
@@ -404,6 +581,12 @@ while [ $# -gt 0 ]; do
       RULES=$OPTVAL
       shift "$OPTSHIFT"
       ;;
+    --nodes | --nodes=*)
+      [ "$CMD" = up ] || [ "$CMD" = down ] || usage_error "--nodes only applies to 'up' (and 'down', which removes either layout anyway)"
+      opt_arg "$@"
+      NODES=$OPTVAL
+      shift "$OPTSHIFT"
+      ;;
     -*) usage_error "unknown option '$1'" ;;
     *)
       case "$CMD" in
@@ -419,12 +602,19 @@ done
 
 [[ $PREFIX =~ ^[A-Za-z0-9]+$ ]] || usage_error "prefix '$PREFIX' must be letters and digits only"
 
-# A pod number 1..MAX_PODS whose host veth name PREFIXh<N> fits IFNAMSIZ; $2 names it.
+case "$NODES" in
+  1) ;;
+  2) MAX_PODS=$MAX_PODS_TWO_NODES ;;
+  *) usage_error "--nodes must be 1 or 2 (got '$NODES')" ;;
+esac
+
+# A pod number 1..MAX_PODS whose host veth name PREFIX[<node>]h<N> fits IFNAMSIZ; $2 names it.
 check_pod_number() {
   { is_uint "$1" && [ "${#1}" -le 6 ]; } || usage_error "$2 '$1' is not a number 1..${MAX_PODS}"
   local v=$((10#$1))
   [ "$v" -ge 1 ] && [ "$v" -le "$MAX_PODS" ] || usage_error "$2 must be 1..${MAX_PODS} (got ${v})"
   local longest="${PREFIX}h${v}"
+  if [ "$NODES" -eq 2 ]; then longest="${PREFIX}2h${v}"; fi
   [ "${#longest}" -le "$IFNAMSIZ_MAX" ] \
     || usage_error "interface name '${longest}' is longer than ${IFNAMSIZ_MAX} characters; use a shorter --name"
 }
@@ -452,7 +642,9 @@ esac
 command -v ip >/dev/null || die "'ip' (iproute2) not found (scripts/bootstrap.sh installs it)"
 
 case "$CMD" in
-  up) do_up "$PODS" "$RULES" ;;
+  up)
+    if [ "$NODES" -eq 2 ]; then do_up_two "$PODS" "$RULES"; else do_up "$PODS" "$RULES"; fi
+    ;;
   down) do_down ;;
   add-pods) do_add_pods "$FROM" "$TO" ;;
   del-pods) do_del_pods "$FROM" "$TO" ;;

@@ -33,6 +33,7 @@ use std::{
 use serde_json::Value;
 
 pub mod kube_api;
+pub mod twonode;
 
 /// Timeout for helper commands (bench script, ip, iptables, ethtool, xdp-ctl).
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(90);
@@ -570,30 +571,7 @@ impl Bench {
     /// conntrack entry went stale dies here, as on a real node.
     #[track_caller]
     pub fn kube_proxy_forward(&self) {
-        for ipt in ["iptables", "ip6tables"] {
-            self.node_exec(&[ipt, "-N", "KUBE-FORWARD"]);
-            self.node_exec(&[ipt, "-I", "FORWARD", "1", "-j", "KUBE-FORWARD"]);
-            for (state, verdict) in [("INVALID", "DROP"), ("RELATED,ESTABLISHED", "ACCEPT")] {
-                self.node_exec(&[
-                    ipt,
-                    "-A",
-                    "KUBE-FORWARD",
-                    "-m",
-                    "conntrack",
-                    "--ctstate",
-                    state,
-                    "-j",
-                    verdict,
-                ]);
-            }
-        }
-        // The conntrack module is loaded by the rules above; its TCP sysctls are per namespace.
-        self.node_exec(&[
-            "sysctl",
-            "-qw",
-            "net.netfilter.nf_conntrack_tcp_be_liberal=0",
-        ]);
-        self.node_exec(&["sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_loose=1"]);
+        kube_proxy_forward_in(&self.node_ns());
     }
 
     /// Packets that hit the DROP rules of [`Bench::drop_pod_forwarding`]: (IPv4, IPv6).
@@ -647,17 +625,9 @@ impl Bench {
         )
     }
 
-    /// Packet count of the node's FORWARD DROP rules whose `-save` line contains `needle`.
     #[track_caller]
     fn drop_hits(&self, tool: &str, needle: &str) -> u64 {
-        let text = self.node_exec(&[tool, "-c", "-t", "filter"]);
-        text.lines()
-            .filter(|l| l.contains("-A FORWARD") && l.contains(needle) && l.contains("-j DROP"))
-            .filter_map(|l| {
-                let inner = l.strip_prefix('[')?.split(']').next()?;
-                inner.split(':').next()?.parse::<u64>().ok()
-            })
-            .sum()
+        forward_drop_hits(&self.node_ns(), tool, needle)
     }
 
     /// `xdp-ctl attach --datapath DP` on the host veths of `pods` (default mode), panicking
@@ -771,6 +741,60 @@ impl Drop for Bench {
             Err(e) => eprintln!("bench teardown: {e}"),
         }
     }
+}
+
+/// [`Bench::kube_proxy_forward`] in namespace `ns`: a `KUBE-FORWARD` chain first in FORWARD
+/// (IPv4 and IPv6) that DROPs `--ctstate INVALID` and ACCEPTs `RELATED,ESTABLISHED`, with
+/// `nf_conntrack_tcp_be_liberal=0` and `nf_conntrack_tcp_loose=1`.
+#[track_caller]
+pub fn kube_proxy_forward_in(ns: &str) {
+    for ipt in ["iptables", "ip6tables"] {
+        exec_in_ok(ns, &[ipt, "-N", "KUBE-FORWARD"]);
+        exec_in_ok(ns, &[ipt, "-I", "FORWARD", "1", "-j", "KUBE-FORWARD"]);
+        for (state, verdict) in [("INVALID", "DROP"), ("RELATED,ESTABLISHED", "ACCEPT")] {
+            exec_in_ok(
+                ns,
+                &[
+                    ipt,
+                    "-A",
+                    "KUBE-FORWARD",
+                    "-m",
+                    "conntrack",
+                    "--ctstate",
+                    state,
+                    "-j",
+                    verdict,
+                ],
+            );
+        }
+    }
+    // The conntrack module is loaded by the rules above; its TCP sysctls are per namespace.
+    exec_in_ok(
+        ns,
+        &[
+            "sysctl",
+            "-qw",
+            "net.netfilter.nf_conntrack_tcp_be_liberal=0",
+        ],
+    );
+    exec_in_ok(
+        ns,
+        &["sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_loose=1"],
+    );
+}
+
+/// Packet count of the FORWARD DROP rules of namespace `ns` whose line in the output of
+/// `save_tool -c` (`iptables-save` or `ip6tables-save`) contains `needle`.
+#[track_caller]
+pub fn forward_drop_hits(ns: &str, save_tool: &str, needle: &str) -> u64 {
+    let text = exec_in_ok(ns, &[save_tool, "-c", "-t", "filter"]);
+    text.lines()
+        .filter(|l| l.contains("-A FORWARD") && l.contains(needle) && l.contains("-j DROP"))
+        .filter_map(|l| {
+            let inner = l.strip_prefix('[')?.split(']').next()?;
+            inner.split(':').next()?.parse::<u64>().ok()
+        })
+        .sum()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1603,6 +1627,27 @@ pub fn tcp_echo(
     len: usize,
     timeout: Duration,
 ) -> Result<Transfer, String> {
+    tcp_echo_via(
+        client_ns,
+        server_ns,
+        SocketAddr::new(server, 0),
+        None,
+        len,
+        timeout,
+    )
+}
+
+/// [`tcp_echo`] with the server listening on `listen` (port 0: ephemeral) and the client
+/// connecting to `dial` (default: the listening address), e.g. a Service address DNAT'd to it.
+pub fn tcp_echo_via(
+    client_ns: &str,
+    server_ns: &str,
+    listen: SocketAddr,
+    dial: Option<SocketAddr>,
+    len: usize,
+    timeout: Duration,
+) -> Result<Transfer, String> {
+    let server = listen.ip();
     let payload = Arc::new(pattern(len, len as u64 ^ 0x7c9));
     let done = Arc::new(AtomicBool::new(false));
     let (port_tx, port_rx) = mpsc::channel();
@@ -1610,7 +1655,7 @@ pub fn tcp_echo(
 
     let (expected, stop) = (payload.clone(), done.clone());
     let srv = in_netns(server_ns, move || {
-        let l = TcpListener::bind((server, 0)).map_err(|e| format!("bind {server}: {e}"))?;
+        let l = TcpListener::bind(listen).map_err(|e| format!("bind {listen}: {e}"))?;
         let port = l.local_addr().map_err(|e| e.to_string())?.port();
         let _ = port_tx.send(port);
         l.set_nonblocking(true).map_err(|e| e.to_string())?;
@@ -1653,8 +1698,8 @@ pub fn tcp_echo(
     };
 
     let sent = payload.clone();
+    let to = dial.unwrap_or(SocketAddr::new(server, port));
     let cli = in_netns(client_ns, move || {
-        let to = SocketAddr::new(server, port);
         let mut s = TcpStream::connect_timeout(&to, timeout)
             .map_err(|e| format!("connect to {to}: {e}"))?;
         s.set_read_timeout(Some(timeout))
@@ -1678,7 +1723,7 @@ pub fn tcp_echo(
             elapsed: start.elapsed(),
         }),
         (c, s) => Err(format!(
-            "TCP {client_ns} -> {server_ns} [{server}]:{port} failed: {}; {}",
+            "TCP {client_ns} -> {to} ({server_ns} [{server}]:{port}) failed: {}; {}",
             c.err().unwrap_or_else(|| "client: ok".into()),
             s.err().unwrap_or_else(|| "server: ok".into())
         )),
@@ -1795,6 +1840,30 @@ pub fn udp_echo(
     size: usize,
     timeout: Duration,
 ) -> Result<Transfer, String> {
+    udp_echo_via(
+        client_ns,
+        server_ns,
+        SocketAddr::new(server, 0),
+        None,
+        count,
+        size,
+        timeout,
+    )
+}
+
+/// [`udp_echo`] with the server bound to `listen` (port 0: ephemeral) and the client's
+/// connected socket sending to `dial` (default: the bound address), e.g. a Service address
+/// DNAT'd to it; an echo from any other source than `dial` is dropped by that socket.
+pub fn udp_echo_via(
+    client_ns: &str,
+    server_ns: &str,
+    listen: SocketAddr,
+    dial: Option<SocketAddr>,
+    count: u32,
+    size: usize,
+    timeout: Duration,
+) -> Result<Transfer, String> {
+    let server = listen.ip();
     assert!(size >= 4, "datagrams carry a 4-byte sequence number");
     let done = Arc::new(AtomicBool::new(false));
     let (port_tx, port_rx) = mpsc::channel();
@@ -1802,7 +1871,7 @@ pub fn udp_echo(
 
     let stop = done.clone();
     let srv = in_netns(server_ns, move || {
-        let s = UdpSocket::bind((server, 0)).map_err(|e| format!("bind {server}: {e}"))?;
+        let s = UdpSocket::bind(listen).map_err(|e| format!("bind {listen}: {e}"))?;
         let port = s.local_addr().map_err(|e| e.to_string())?.port();
         let _ = port_tx.send(port);
         udp_echo_server(&s, count, size, &stop, Instant::now() + timeout)
@@ -1812,13 +1881,9 @@ pub fn udp_echo(
             .err()
             .unwrap_or_else(|| "server gave no port".into()));
     };
+    let to = dial.unwrap_or(SocketAddr::new(server, port));
     let cli = in_netns(client_ns, move || {
-        udp_echo_client(
-            SocketAddr::new(server, port),
-            count,
-            size,
-            Instant::now() + timeout,
-        )
+        udp_echo_client(to, count, size, Instant::now() + timeout)
     });
     let client_result = join(cli, "client");
     done.store(true, Ordering::Relaxed);
@@ -1830,7 +1895,7 @@ pub fn udp_echo(
             elapsed: start.elapsed(),
         }),
         (c, s) => Err(format!(
-            "UDP {client_ns} -> {server_ns} [{server}]:{port} failed: {}; {}",
+            "UDP {client_ns} -> {to} ({server_ns} [{server}]:{port}) failed: {}; {}",
             c.err().unwrap_or_else(|| "client: ok".into()),
             s.err().unwrap_or_else(|| "server: ok".into())
         )),
