@@ -13,6 +13,7 @@
 # ("xdp", "tc", "xdp_baseline", ...) every trial's ns per packet and run count, and the median.
 # Runs as root; touches only the namespaces and pins it creates, and removes them on exit.
 set -euo pipefail
+shopt -s inherit_errexit # errors inside $(...) stop it too (the measurements run in one)
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TAG=bench-prog
