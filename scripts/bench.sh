@@ -65,11 +65,13 @@ path of the same rule set; the floor against kernel/none):
                 at once, no receiver)
   xdp_live      the XDP program's ceiling on CPU ${CLIENT_CPU}: BPF_PROG_TEST_RUN with live frames into
                 hv1, redirected into pod2's veth (tests/src/bin/xdp-live.rs); wall-clock,
-                kernel-timed, and the program's own run time (BPF_ENABLE_STATS). Twice:
-                end to end (pod2's veth builds an skb per frame, pod2's stack takes it), and
-                redirect-and-drop (an XDP_DROP program on pod2's eth0 for that run drops
-                every frame in the veth's NAPI poll, before any skb: program + devmap
-                redirect + veth hand-over, without the receiver)
+                kernel-timed, and the program's own run time (BPF_ENABLE_STATS). Into two
+                targets: end to end (pod2's veth builds an skb per frame, pod2's stack takes
+                it), and redirect-and-drop (an XDP_DROP program on pod2's eth0 for that run
+                drops every frame in the veth's NAPI poll, before any skb: program + devmap
+                redirect + veth hand-over, without the receiver). Each twice: without
+                run-time statistics (the ceiling; their clock reads around every program
+                run cost a visible share on a VM) and with them (the program's own ns)
 Sections after the scenarios (each from its own script, on its own namespaces):
   prog cost     the programs' own time per packet with the flow table, xdp and tc, under a
                 TCP ping-pong (scripts/bench-prog.sh: kernel.bpf_stats_enabled, T trials x D s);
@@ -184,7 +186,7 @@ mapfile -t RULESETS < <(pick "$RULESETS_ARG" "${ALL_RULESETS[@]}")
 
 [ "$(id -u)" -eq 0 ] || die "run as root (namespaces, XDP/TC programs, bpffs)"
 export PATH="$HOME/.cargo/bin:$PATH"
-need_tools ip iptables-restore iperf3 sockperf trafgen taskset jq awk ss python3 timeout bpftool setsid /usr/bin/time
+need_tools ip iptables-restore iperf3 sockperf trafgen taskset jq awk ss python3 timeout bpftool setsid ethtool /usr/bin/time
 [ "$(nproc)" -ge 2 ] || die "needs 2 CPUs or more (client and server on different CPUs)"
 HZ=$(getconf CLK_TCK)
 
@@ -502,8 +504,10 @@ run_trial() { # run_trial DATAPATH RULESET TRIAL
     rec=$(jq -c --arg m "$m" --argjson v "$r" '.[$m] = $v' <<<"$rec")
   done
   if [ "$dp" = xdp ] && [ "$rs" = none ]; then
-    xdp_live "$trial" pod
-    xdp_live "$trial" drop
+    xdp_live "$trial" pod off
+    xdp_live "$trial" pod on
+    xdp_live "$trial" drop off
+    xdp_live "$trial" drop on
   fi
   detach_fastpath
   record "$rec"
@@ -511,40 +515,58 @@ run_trial() { # run_trial DATAPATH RULESET TRIAL
 }
 
 # The XDP program's own ceiling (xdp is attached, endpoints are in): live frames as if received
-# on hv1, redirected through the devmap into hv2. xdp_live TRIAL pod: into pod2 (its veth
-# builds an skb per frame, pod2's stack takes it to the UDP sink); xdp_live TRIAL drop: an
-# XDP_DROP program on pod2's eth0 for that run (xdp-live --drop-at) drops each frame in the
-# veth's NAPI poll, before any skb. Checked: 'redirected' grew by every frame run; with the
-# drop, the drop program ran for every frame (it crossed the veth) and pod2's stack got none.
+# on hv1, redirected through the devmap into hv2.
+#   xdp_live TRIAL pod STATS: into pod2 (its veth builds an skb per frame, pod2's stack takes it
+#     to the UDP sink);
+#   xdp_live TRIAL drop STATS: an XDP_DROP program on pod2's eth0 for that run (xdp-live
+#     --drop-at) drops each frame in the veth's NAPI poll, before any skb.
+# STATS off: no run-time statistics (the ceiling: on this VM their clock reads around every
+# program run are a visible share of a frame's cost); on: the program's own ns per frame.
+# Checked: 'redirected' grew by every frame run; with the drop, every frame reached the drop
+# program (the veth's xdp_drops counter, and with statistics its run count) and pod2's stack
+# got none of them.
 xdp_live() {
-  local trial=$1 target=$2 before after res id ifindex drp frames rx0 rx1 drop_args=() kind=xdp_live
-  if [ "$target" = drop ]; then drop_args=(--drop-at "$POD2" eth0) kind=xdp_live_drop; fi
+  local trial=$1 target=$2 stats=$3 before after res id ifindex drp frames rx0 rx1 xd0 xd1
+  local args=() kind=xdp_live
+  if [ "$target" = drop ]; then args+=(--drop-at "$POD2" eth0) kind=xdp_live_drop; fi
+  [ "$stats" = on ] || args+=(--no-stats)
   id=$(bench_prog_id)
   ifindex=$(ip netns exec "$NODE" cat "/sys/class/net/$HV1/ifindex")
   before=$(bench_counters)
-  rx0=$(udp_received "$POD2")
-  res=$("$XDP_LIVE" "${drop_args[@]}" "$NODE" "$id" "$ifindex" "$POD1_MAC" "$HV1_MAC" "$POD1_V4" "$POD2_V4" "$DURATION" "$CLIENT_CPU") \
-    || die "xdp-live ${drop_args[*]} failed"
+  rx0=$(udp_received "$POD2") xd0=$(xdp_drops "$POD2" eth0)
+  res=$("$XDP_LIVE" "${args[@]}" "$NODE" "$id" "$ifindex" "$POD1_MAC" "$HV1_MAC" "$POD1_V4" "$POD2_V4" "$DURATION" "$CLIENT_CPU") \
+    || die "xdp-live ${args[*]} failed"
   after=$(bench_counters)
   sleep 0.2 # frames still in flight to pod2's socket
-  rx1=$(udp_received "$POD2")
+  rx1=$(udp_received "$POD2") xd1=$(xdp_drops "$POD2" eth0)
   frames=$(jq -r .frames <<<"$res")
   drp=$(($(cut -f1 <<<"$after") - $(cut -f1 <<<"$before")))
   [ "$drp" -ge "$frames" ] \
     || bench_fastpath_fail "xdp-live (${target}): ran ${frames} frames but 'redirected' grew by ${drp}"
   if [ "$target" = drop ]; then
-    [ "$(jq -r .drop_runs <<<"$res")" -ge "$frames" ] \
-      || die "xdp-live (drop): ${frames} frames redirected, but the XDP_DROP program on pod2's eth0 ran $(jq -r .drop_runs <<<"$res") times: the rest never crossed the veth"
+    [ $((xd1 - xd0)) -ge "$frames" ] \
+      || die "xdp-live (drop): ${frames} frames redirected, but pod2's eth0 counted $((xd1 - xd0)) XDP drops: the rest never crossed the veth"
+    [ "$stats" = off ] || [ "$(jq -r .drop_runs <<<"$res")" -ge "$frames" ] \
+      || die "xdp-live (drop): ${frames} frames redirected, but the XDP_DROP program ran $(jq -r .drop_runs <<<"$res") times"
     [ $((rx1 - rx0)) -le $((frames / 100)) ] \
       || die "xdp-live (drop): pod2's UDP socket received $((rx1 - rx0)) of ${frames} frames: the XDP_DROP program was not in their way"
   fi
-  record "$(jq -c --arg k "$kind" --argjson t "$trial" --argjson p "$drp" --argjson rx "$((rx1 - rx0))" \
-    '{kind: $k, trial: $t} + . + {redirected_packets: $p, pod_udp_received: $rx}' <<<"$res")"
-  if [ "$target" = drop ]; then
-    jq -r '"  xdp-live, redirect-and-drop (XDP_DROP on pod2 eth0, no skb): \(.mpps) Mpps wall, \(.kernel_mpps) Mpps kernel-timed, program \(.prog_ns_per_frame) ns/frame, drop program \(.drop_ns_per_frame) ns/frame"' <<<"$res"
-  else
-    jq -r --argjson rx "$((rx1 - rx0))" '"  xdp-live, end to end into pod2: \(.mpps) Mpps wall, \(.kernel_mpps) Mpps kernel-timed, program \(.prog_ns_per_frame) ns/frame; pod2 socket got \($rx) of \(.frames)"' <<<"$res"
+  if [ "$stats" = off ] && [ "$(jq -r .stats <<<"$res")" = true ]; then
+    warn "xdp-live (${target}): run-time statistics were on during the run without them (another process had them on)"
   fi
+  record "$(jq -c --arg k "$kind" --argjson t "$trial" --argjson p "$drp" --argjson rx "$((rx1 - rx0))" \
+    --argjson xd "$((xd1 - xd0))" \
+    '{kind: $k, trial: $t} + . + {redirected_packets: $p, pod_udp_received: $rx, pod_xdp_drops: $xd}' <<<"$res")"
+  jq -r --arg what "$([ "$target" = drop ] && echo "redirect-and-drop (XDP_DROP on pod2 eth0, no skb)" || echo "end to end into pod2")" \
+    --argjson rx "$((rx1 - rx0))" '
+    "  xdp-live, \($what), statistics \(if .stats then "on" else "off" end): \(.kernel_mpps) Mpps kernel-timed, \(.mpps) wall"
+    + (if .prog_ns_per_frame != null then ", program \(.prog_ns_per_frame) ns/frame" else "" end)
+    + (if .drop_ns_per_frame != null then ", drop program \(.drop_ns_per_frame) ns/frame" else "" end)
+    + (if .drop_at == null then "; pod2 socket got \($rx) of \(.frames)" else "" end)' <<<"$res"
+}
+
+xdp_drops() { # xdp_drops NETNS DEV: frames the veth's own XDP program dropped (all rx queues)
+  ip netns exec "$1" ethtool -S "$2" | awk '/rx_queue_[0-9]+_xdp_drops:/ { n += $2 } END { print n + 0 }'
 }
 
 # The floor: client and server in one namespace over lo (no forwarding, so no path check).

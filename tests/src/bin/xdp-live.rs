@@ -3,14 +3,21 @@
 //! redirects really goes out through the devmap into the target veth and its pod.
 //!
 //! ```text
-//! xdp-live [--drop-at NETNS2 IFACE] NETNS PROG_ID IFINDEX SRC_MAC DST_MAC SRC_IP DST_IP SECONDS [CPU]
+//! xdp-live [--drop-at NETNS2 IFACE] [--no-stats] NETNS PROG_ID IFINDEX SRC_MAC DST_MAC SRC_IP DST_IP SECONDS [CPU]
 //! ```
 //!
 //! Runs the program (by id; `xdp-ctl status --json` shows it) on a 64-byte-payload UDP frame
 //! SRC_IP:4000 -> DST_IP:9 from SRC_MAC to DST_MAC, as if received on IFINDEX (in NETNS: the
 //! kernel resolves the ingress ifindex in the caller's namespace), pinned to CPU (default 0),
 //! for SECONDS. Prints `{"frames", "seconds", "mpps", "kernel_mpps", "calls", "prog_runs",
-//! "prog_ns_per_frame", ...}`.
+//! "prog_ns_per_frame", "stats", ...}`.
+//!
+//! The program's own time comes from run-time statistics (`BPF_ENABLE_STATS`, on while this
+//! process runs), which read the clock twice around every program run, the drop program's too;
+//! on a VM each read is a paravirtual clock read, a visible part of a frame's cost here.
+//! `--no-stats` leaves them off, for a ceiling without that overhead: `prog_ns_per_frame`,
+//! `prog_runs` (and `drop_runs`) are then null, unless another holder had statistics on during
+//! the run, which `"stats": true` says (the program's run count moved).
 //!
 //! `--drop-at NETNS2 IFACE` isolates the program and its devmap redirect from what the target
 //! does with the frames: for the run, a two-instruction `XDP_DROP` program is attached (native
@@ -303,15 +310,25 @@ fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
     Ok(())
 }
 
-const USAGE: &str = "usage: xdp-live [--drop-at NETNS2 IFACE] NETNS PROG_ID IFINDEX SRC_MAC DST_MAC SRC_IP DST_IP SECONDS [CPU]";
+const USAGE: &str = "usage: xdp-live [--drop-at NETNS2 IFACE] [--no-stats] NETNS PROG_ID IFINDEX SRC_MAC DST_MAC SRC_IP DST_IP SECONDS [CPU]";
 
 #[expect(clippy::too_many_lines, reason = "one straight sequence of syscalls")]
 fn run(args: &[String]) -> Result<String, String> {
-    let (drop_at, args) = match args {
-        [flag, ns, iface, rest @ ..] if flag == "--drop-at" => (Some((ns, iface)), rest),
-        [flag, ..] if flag == "--drop-at" => return Err(USAGE.into()),
-        _ => (None, args),
-    };
+    let (mut drop_at, mut no_stats, mut args) = (None, false, args);
+    loop {
+        match args {
+            [flag, ns, iface, rest @ ..] if flag == "--drop-at" => {
+                drop_at = Some((ns, iface));
+                args = rest;
+            }
+            [flag, rest @ ..] if flag == "--no-stats" => {
+                no_stats = true;
+                args = rest;
+            }
+            [flag, ..] if flag.starts_with("--") => return Err(USAGE.into()),
+            _ => break,
+        }
+    }
     let [netns, prog_id, ifindex, src_mac, dst_mac, src, dst, secs, rest @ ..] = args else {
         return Err(USAGE.into());
     };
@@ -359,11 +376,14 @@ fn run(args: &[String]) -> Result<String, String> {
         egress_ifindex: 0,
     };
     // Run-time statistics for every program while this fd is open (closed on return).
-    let mut stats_type = [BPF_STATS_RUN_TIME];
-    let stats =
-        bpf(BPF_ENABLE_STATS, &mut stats_type).map_err(|e| format!("BPF_ENABLE_STATS: {e}"))?;
-    // SAFETY: the kernel just returned this fd to us.
-    let _stats = unsafe { OwnedFd::from_raw_fd(i32::try_from(stats).map_err(|e| e.to_string())?) };
+    let _stats = if no_stats {
+        None
+    } else {
+        let mut stats_type = [BPF_STATS_RUN_TIME];
+        let stats =
+            bpf(BPF_ENABLE_STATS, &mut stats_type).map_err(|e| format!("BPF_ENABLE_STATS: {e}"))?;
+        Some(owned_fd(stats)?)
+    };
     let (ns0, cnt0) = run_stats(&fd).map_err(|e| format!("program info: {e}"))?;
     let drop0 = match &drop {
         Some((_, (dfd, _))) => run_stats(dfd).map_err(|e| format!("drop program info: {e}"))?,
@@ -395,6 +415,8 @@ fn run(args: &[String]) -> Result<String, String> {
     let elapsed = start.elapsed().as_secs_f64();
     let (ns1, cnt1) = run_stats(&fd).map_err(|e| format!("program info: {e}"))?;
     let (prog_ns, prog_runs) = (ns1 - ns0, cnt1 - cnt0);
+    // Statistics were on if the run count moved (ours, or another holder's with --no-stats).
+    let stats_on = prog_runs > 0;
     // The drop program runs in the target veth's NAPI poll, which each call's flush schedules
     // on this CPU (normally before the call returns).
     let drop_json = match &drop {
@@ -406,7 +428,11 @@ fn run(args: &[String]) -> Result<String, String> {
                 reason = "frame counts stay far below 2^52"
             )]
             let per = dns as f64 / dcnt.max(1) as f64;
-            format!(",\"drop_at\":\"{at}\",\"drop_runs\":{dcnt},\"drop_ns_per_frame\":{per:.1}")
+            if stats_on {
+                format!(",\"drop_at\":\"{at}\",\"drop_runs\":{dcnt},\"drop_ns_per_frame\":{per:.1}")
+            } else {
+                format!(",\"drop_at\":\"{at}\",\"drop_runs\":null,\"drop_ns_per_frame\":null")
+            }
         }
         None => String::new(),
     };
@@ -415,6 +441,11 @@ fn run(args: &[String]) -> Result<String, String> {
         reason = "frame counts stay far below 2^52"
     )]
     let prog_ns_per_frame = prog_ns as f64 / prog_runs.max(1) as f64;
+    let (prog_runs, prog_ns_per_frame) = if stats_on {
+        (prog_runs.to_string(), format!("{prog_ns_per_frame:.1}"))
+    } else {
+        ("null".to_string(), "null".to_string())
+    };
     #[expect(
         clippy::cast_precision_loss,
         reason = "frame counts stay far below 2^52"
@@ -424,7 +455,7 @@ fn run(args: &[String]) -> Result<String, String> {
         frames as f64 / (kernel_ns.max(1) as f64 / 1e9) / 1e6,
     );
     Ok(format!(
-        "{{\"frames\":{frames},\"seconds\":{elapsed:.3},\"mpps\":{mpps:.3},\"kernel_mpps\":{kernel_mpps:.3},\"calls\":{calls},\"prog_runs\":{prog_runs},\"prog_ns_per_frame\":{prog_ns_per_frame:.1},\"batch_size\":{BATCH_SIZE},\"repeat_per_call\":{REPEAT_PER_CALL},\"cpu\":{cpu},\"frame_bytes\":{len}{drop_json}}}"
+        "{{\"frames\":{frames},\"seconds\":{elapsed:.3},\"mpps\":{mpps:.3},\"kernel_mpps\":{kernel_mpps:.3},\"calls\":{calls},\"prog_runs\":{prog_runs},\"prog_ns_per_frame\":{prog_ns_per_frame},\"stats\":{stats_on},\"batch_size\":{BATCH_SIZE},\"repeat_per_call\":{REPEAT_PER_CALL},\"cpu\":{cpu},\"frame_bytes\":{len}{drop_json}}}"
     ))
 }
 
