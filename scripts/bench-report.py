@@ -374,7 +374,7 @@ def xdp_ceiling_md(extra):
            "every program run (on a VM a paravirtual clock read), which the second column shows.",
            "",
            f"| into | kernel-timed Mpps | kernel-timed Mpps, statistics on | wall-clock Mpps "
-           f"| program ns/frame | vs {XDP_TARGET_MPPS:g} Mpps |",
+           f"| program ns/frame | kernel-timed vs {XDP_TARGET_MPPS:g} Mpps |",
            "|---|---|---|---|---|---|"]
     for st, what in ((x, "pod2 end to end: its veth builds an skb per frame, pod2's stack "
                          "delivers it to a UDP socket"),
