@@ -41,7 +41,7 @@ need_tools bpftool jq ip sockperf taskset
 [ -x "$CTL" ] || die "$CTL not found (cargo build --release -p xdp-ctl)"
 [ -z "$BASELINE" ] || [ -x "$BASELINE" ] || die "--baseline: $BASELINE is not an executable"
 [[ $DURATION =~ ^[0-9]+$ && $TRIALS =~ ^[0-9]+$ ]] || die "--duration and --trials take numbers"
-[ "$DURATION" -ge 1 ] && [ "$TRIALS" -ge 1 ] || die "--duration and --trials must be >= 1"
+{ [ "$DURATION" -ge 1 ] && [ "$TRIALS" -ge 1 ]; } || die "--duration and --trials must be >= 1"
 if [ -n "$JSON_OUT" ]; then
   [ -d "$(dirname -- "$JSON_OUT")" ] || die "--json: directory of '$JSON_OUT' does not exist"
   need_tools jq
