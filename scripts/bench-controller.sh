@@ -25,7 +25,7 @@ usage() {
   cat <<EOF
 Usage: ${PROG} [--pods N] [--burst B] [--datapath xdp|tc|both] [--quick] [--json FILE]
                            [--log-dir DIR] [--poll-ms MS] [--burst-timeout S]
-                           [--resync-interval S] [--no-build]
+                           [--resync-interval S] [--no-build] [--ctl BIN]
 
 Measures 'xdp-ctl run' on the netns bench (scripts/bench-netns.sh), once per datapath, each on
 a freshly built bench of N pods (veths PREFIXh<i>, /32 + /128 routes, permanent neighbours;
@@ -77,6 +77,7 @@ Options:
                     the controller's --resync-interval (default 3600: none during the run);
                     a short one shows how the periodic resync alone converges a burst
   --no-build        use the existing target/release/xdp-ctl instead of building it
+  --ctl BIN         the xdp-ctl to measure (implies --no-build; scripts/bench.sh passes its own)
   -h, --help        this text
 
 Namespaces: xcb<pid>-node and xcb<pid>-pod<i>; pins under /sys/fs/bpf/xfp-bench-ctl-<pid>-<datapath>.
@@ -104,6 +105,7 @@ POLL_MS=20
 BURST_TIMEOUT_S=30
 RESYNC_S=3600
 BUILD=1
+CTL_ARG=""
 while [ $# -gt 0 ]; do
   case "$1" in
     -h | --help)
@@ -120,6 +122,7 @@ while [ $# -gt 0 ]; do
     --resync-interval | --resync-interval=*) opt_arg "$@"; RESYNC_S=$OPTVAL; shift "$OPTSHIFT" ;;
     --quick) QUICK=1; shift ;;
     --no-build) BUILD=0; shift ;;
+    --ctl | --ctl=*) opt_arg "$@"; CTL_ARG=$OPTVAL; BUILD=0; shift "$OPTSHIFT" ;;
     *) usage_error "unknown argument '$1'" ;;
   esac
 done
@@ -174,6 +177,10 @@ need_tools ip jq awk xargs nproc
 
 NODE=$NAME-node
 CTL=$ROOT/target/release/xdp-ctl
+if [ -n "$CTL_ARG" ]; then
+  [ -x "$CTL_ARG" ] || usage_error "--ctl: '$CTL_ARG' is not an executable"
+  CTL=$(realpath -- "$CTL_ARG")
+fi
 PIN=""       # pin dir of the current datapath run
 CTL_PID=""   # the controller we started
 MON_PID=""   # the ip monitor we started
@@ -330,8 +337,12 @@ controller_counts() {
 # (#[repr(C)]: u32 pid, ready, endpoints_v4, endpoints_v6, interfaces, pending; u64 started,
 # heartbeat, last_resync, resyncs, drift_repaired, reconciles, map_writes), checked against
 # status once per controller (check_map_counts); polling falls back to status otherwise.
+# The map is pinned as PIN/v<layout version>/maps/CONTROLLER (common::LAYOUT_VERSION; the pin
+# directory is this run's own, so it holds one layout).
 map_counts() {
-  bpftool -j map dump pinned "$PIN/v1/maps/CONTROLLER" 2>/dev/null | jq -r '
+  local map
+  map=$(compgen -G "$PIN/v*/maps/CONTROLLER" | head -n 1) || return 1
+  bpftool -j map dump pinned "$map" 2>/dev/null | jq -r '
     def hex: ltrimstr("0x") | explode
       | reduce .[] as $c (0; . * 16 + (if $c >= 97 then $c - 87 elif $c >= 65 then $c - 55 else $c - 48 end));
     (.[0].value | map(hex)) as $b
@@ -457,9 +468,9 @@ run_pod_batches() { # run_pod_batches DIR (the node's default sysctls give proxy
 burst() {
   local p=$1 dp=$2 from=$3 count=$4 to=$(($3 + $4 - 1)) dir=$WORK/burst-$3
   local want=$to
-  local r0 i0 v40 v60 p0 rec0 mw0 rs0 ready ifs v4 v6 pending rec mw rs
+  local i0 rec0 mw0 rs0 ready ifs v4 v6 pending rec mw rs
   write_pod_batches "$from" "$to" "$dir"
-  read -r r0 i0 v40 v60 p0 rec0 mw0 rs0 < <(controller_counts)
+  read -r _ i0 _ _ _ rec0 mw0 rs0 < <(controller_counts)
   put "$p.pods" "$count"
   put "$p.interfaces_before" "$i0"
   [ "$i0" -eq $((from - 1)) ] || warn "$p: status shows ${i0} interfaces before the burst, not $((from - 1))"

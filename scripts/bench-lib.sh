@@ -28,6 +28,20 @@ bench_prog_size() {
               verified_insns: (.verified_insns // null)}'
 }
 
+# The attached fast path's maps as JSON, by name: {type, max_entries, key_bytes, value_bytes,
+# bytes_memlock} from `bpftool map show` of every map pinned under PIN (PIN/v<layout>/maps/).
+# On kernels since 6.5 memlock is the map's own estimate of the memory it holds; preallocated
+# maps (hashes and LRU hashes such as the flow table's FLOWS and KERNEL_SOCKETS) hold all of
+# it from creation.
+bench_map_memory() {
+  local m
+  for m in "$PIN"/v*/maps/*; do
+    [ -e "$m" ] || continue
+    bpftool -j map show pinned "$m" | jq -c --arg n "${m##*/}" \
+      '{($n): {type, max_entries, key_bytes: .bytes_key, value_bytes: .bytes_value, bytes_memlock}}'
+  done | jq -sc 'add // {}'
+}
+
 # The id of the program attached to the bench's veths (xdp-ctl status).
 bench_prog_id() {
   local id

@@ -2,7 +2,9 @@
 # The benchmark (not a test): pod1 -> pod2 on the netns bench, kernel path vs the tc and xdp
 # fast paths, under three node rule sets (none, kube-proxy for N services, K FORWARD rules),
 # plus the loopback floor, the packet generator's own ceiling and the XDP program's ceiling
-# (BPF_PROG_TEST_RUN live frames), all in one run. Writes bench/results/<date>/ (results.md,
+# (BPF_PROG_TEST_RUN live frames, into a pod and into an XDP_DROP), then the programs' own cost
+# per packet with the flow table (scripts/bench-prog.sh) and the controller's figures
+# (scripts/bench-controller.sh), all in one run. Writes bench/results/<date>/ (results.md,
 # results.json, chart.svg). Runs as root; leaves nothing behind, even when it fails.
 set -euo pipefail
 shopt -s inherit_errexit
@@ -28,6 +30,8 @@ usage() {
   cat <<EOF
 Usage: ${PROG} [--quick] [--trials T] [--duration D] [--services N] [--rules K]
                [--rate PPS] [--only LIST] [--rulesets LIST] [--out DIR] [--no-build] [--ctl BIN]
+               [--controller-pods N] [--controller-burst B] [--controller-datapath D]
+               [--no-controller] [--no-prog-cost]
 
 Benchmarks pod1 -> pod2 (IPv4) on the netns bench (scripts/bench-netns.sh) in one run:
   rule sets (the node namespace's netfilter, one bench each):
@@ -61,13 +65,28 @@ path of the same rule set; the floor against kernel/none):
                 at once, no receiver)
   xdp_live      the XDP program's ceiling on CPU ${CLIENT_CPU}: BPF_PROG_TEST_RUN with live frames into
                 hv1, redirected into pod2's veth (tests/src/bin/xdp-live.rs); wall-clock,
-                kernel-timed, and the program's own run time (BPF_ENABLE_STATS)
+                kernel-timed, and the program's own run time (BPF_ENABLE_STATS). Into two
+                targets: end to end (pod2's veth builds an skb per frame, pod2's stack takes
+                it), and redirect-and-drop (an XDP_DROP program on pod2's eth0 for that run
+                drops every frame in the veth's NAPI poll, before any skb: program + devmap
+                redirect + veth hand-over, without the receiver). Each twice: without
+                run-time statistics (the ceiling; their clock reads around every program
+                run cost a visible share on a VM) and with them (the program's own ns)
+Sections after the scenarios (each from its own script, on its own namespaces):
+  prog cost     the programs' own time per packet with the flow table, xdp and tc, under a
+                TCP ping-pong (scripts/bench-prog.sh: kernel.bpf_stats_enabled, T trials x D s);
+                with the memory of the maps (bpftool map show memlock, after an attach; FLOWS
+                and KERNEL_SOCKETS are the flow table) from the scenarios
+  controller    'xdp-ctl run' (scripts/bench-controller.sh): process start -> ready on a node
+                with N pods (cold, and a restart), a burst of B pods and one of B/4 (converged
+                after the last netlink event), the controller's VmRSS/VmHWM
 Every measurement checks which path carried it, or the run fails (bench-lib.sh): on the fast
 path 'redirected' must cover what the receiver saw; on the kernel path the node's IPv4
 ForwDatagrams.
 
 Options:
-  --quick         T=1, D=1, no unpinned RR (under 3 minutes); explicit --trials / --duration win
+  --quick         T=1, D=1, no unpinned RR, controller on 100 pods with a burst of 50 (under 3
+                  minutes); explicit --trials / --duration / --controller-* win
   --trials T      trials (default 3)
   --duration D    seconds per measurement (default 5)
   --services N    services in the kube-proxy rule set (default 5000)
@@ -78,6 +97,14 @@ Options:
   --out DIR       results directory (default bench/results/<UTC date>[-quick]); must not exist
   --no-build      use the existing release binaries
   --ctl BIN       the xdp-ctl to measure (implies --no-build for xdp-ctl)
+  --controller-pods N
+                  pods on the controller's node (default 1000; --quick: 100)
+  --controller-burst B
+                  pods in the controller's burst (default 200; --quick: 50)
+  --controller-datapath D
+                  tc, xdp or both (default both)
+  --no-controller leave the controller section out
+  --no-prog-cost  leave the programs' per-packet cost (bench-prog.sh) out
   -h, --help      this text
 
 Example: sudo ${PROG} --quick
@@ -94,6 +121,7 @@ TAG=bench
 
 TRIALS="" DURATION="" SERVICES=5000 RULES=2000 RATE=20000 QUICK=0 BUILD=1 OUT="" CTL_ARG=""
 ONLY="kernel,tc,xdp" RULESETS_ARG="none,kubeproxy,fwrules"
+CTRL_PODS="" CTRL_BURST="" CTRL_DP=both CONTROLLER=1 PROG_COST=1
 while [ $# -gt 0 ]; do
   case "$1" in
     -h | --help) usage; exit 0 ;;
@@ -108,21 +136,39 @@ while [ $# -gt 0 ]; do
     --rulesets | --rulesets=*) opt_arg "$@"; RULESETS_ARG=$OPTVAL; shift "$OPTSHIFT" ;;
     --out | --out=*) opt_arg "$@"; OUT=$OPTVAL; shift "$OPTSHIFT" ;;
     --ctl | --ctl=*) opt_arg "$@"; CTL_ARG=$OPTVAL; shift "$OPTSHIFT" ;;
+    --controller-pods | --controller-pods=*) opt_arg "$@"; CTRL_PODS=$OPTVAL; shift "$OPTSHIFT" ;;
+    --controller-burst | --controller-burst=*) opt_arg "$@"; CTRL_BURST=$OPTVAL; shift "$OPTSHIFT" ;;
+    --controller-datapath | --controller-datapath=*) opt_arg "$@"; CTRL_DP=$OPTVAL; shift "$OPTSHIFT" ;;
+    --no-controller) CONTROLLER=0; shift ;;
+    --no-prog-cost) PROG_COST=0; shift ;;
     *) usage_error "unknown argument '$1'" ;;
   esac
 done
 # sockperf adds about 2.4 s to every run (warm-up, a fixed 2 s pause): --quick leaves the
 # unpinned RR out to stay under 3 minutes on a busy 2-vCPU machine.
 RR_METRICS=(rr_pinned rr_unpinned)
-if [ "$QUICK" -eq 1 ]; then TRIALS=${TRIALS:-1} DURATION=${DURATION:-1} RR_METRICS=(rr_pinned); fi
-TRIALS=${TRIALS:-3} DURATION=${DURATION:-5}
-for v in TRIALS DURATION SERVICES RULES RATE; do
-  val=${!v}
-  { is_uint "$val" && [ "${#val}" -le 7 ]; } || usage_error "--${v,,} must be a whole number up to 7 digits (got '${val}')"
+if [ "$QUICK" -eq 1 ]; then
+  TRIALS=${TRIALS:-1} DURATION=${DURATION:-1} RR_METRICS=(rr_pinned)
+  CTRL_PODS=${CTRL_PODS:-100} CTRL_BURST=${CTRL_BURST:-50}
+fi
+TRIALS=${TRIALS:-3} DURATION=${DURATION:-5} CTRL_PODS=${CTRL_PODS:-1000} CTRL_BURST=${CTRL_BURST:-200}
+case "$CTRL_DP" in
+  tc | xdp | both) ;;
+  *) usage_error "--controller-datapath must be tc, xdp or both (got '$CTRL_DP')" ;;
+esac
+for v in TRIALS DURATION SERVICES RULES RATE CTRL_PODS CTRL_BURST; do
+  val=${!v} opt=${v,,}
+  case "$v" in CTRL_*) opt=controller-${opt#ctrl_} ;; esac
+  { is_uint "$val" && [ "${#val}" -le 7 ]; } || usage_error "--${opt} must be a whole number up to 7 digits (got '${val}')"
   printf -v "$v" '%d' "$((10#$val))"
 done
 { [ "$TRIALS" -ge 1 ] && [ "$DURATION" -ge 1 ] && [ "$RATE" -ge 1000 ]; } \
   || usage_error "--trials and --duration must be >= 1, --rate >= 1000"
+# bench-controller.sh names interfaces xcb<pid>h<i>, at most 15 characters: with a PID of up
+# to 7 digits, pods + burst + burst/4 must stay within 4 digits. Checked here, not only when
+# that section starts at the end of the run.
+{ [ "$CTRL_PODS" -ge 1 ] && [ "$CTRL_BURST" -ge 1 ] && [ $((CTRL_PODS + CTRL_BURST + CTRL_BURST / 4)) -le 9999 ]; } \
+  || usage_error "--controller-pods and --controller-burst must be >= 1, pods + burst + burst/4 <= 9999"
 
 pick() { # pick LIST ALLOWED...: the allowed names in canonical order
   local list=$1 a o out=()
@@ -140,7 +186,7 @@ mapfile -t RULESETS < <(pick "$RULESETS_ARG" "${ALL_RULESETS[@]}")
 
 [ "$(id -u)" -eq 0 ] || die "run as root (namespaces, XDP/TC programs, bpffs)"
 export PATH="$HOME/.cargo/bin:$PATH"
-need_tools ip iptables-restore iperf3 sockperf trafgen taskset jq awk ss python3 timeout bpftool setsid /usr/bin/time
+need_tools ip iptables-restore iperf3 sockperf trafgen taskset jq awk ss python3 timeout bpftool setsid ethtool /usr/bin/time
 [ "$(nproc)" -ge 2 ] || die "needs 2 CPUs or more (client and server on different CPUs)"
 HZ=$(getconf CLK_TCK)
 
@@ -166,6 +212,9 @@ PIDS=()        # servers we started
 BENCH_UP=0
 EXTRA_NS=()    # loopback and generator namespaces
 WORK=""
+SECTION_PID="" # a section script we started (bench-prog.sh, bench-controller.sh)
+FAILED_SECTIONS=()
+declare -A SECTION_S=()
 
 stop_servers() {
   local pid
@@ -180,6 +229,11 @@ cleanup() {
   local rc=$? ns
   trap - EXIT INT TERM
   set +e
+  # A section script cleans up after itself when it is told to stop.
+  if [ -n "$SECTION_PID" ]; then
+    kill -TERM "$SECTION_PID" 2>/dev/null
+    wait "$SECTION_PID" 2>/dev/null
+  fi
   stop_servers
   if [ -e "$PIN" ]; then
     "${CTL_N[@]}" detach --all >/dev/null 2>&1 || warn "detach --all failed during cleanup"
@@ -430,37 +484,89 @@ record() { # record JSON: one trial record
 }
 
 run_trial() { # run_trial DATAPATH RULESET TRIAL
-  local dp=$1 rs=$2 trial=$3 prog=null m r rec
+  local dp=$1 rs=$2 trial=$3 prog=null maps=null m r rec
   say "${dp}@${rs} trial ${trial}/${TRIALS} ($((SECONDS - T0)) s elapsed)"
-  if [ "$dp" = kernel ]; then bench_check_kernel_path; else attach_fastpath "$dp"; prog=$(bench_prog_size); fi
+  if [ "$dp" = kernel ]; then
+    bench_check_kernel_path
+  else
+    attach_fastpath "$dp"
+    prog=$(bench_prog_size)
+    # What the attach allocated (preallocated maps: FLOWS and KERNEL_SOCKETS are the flow
+    # table); the same in every trial, so once.
+    [ "$trial" -ne 1 ] || maps=$(bench_map_memory)
+  fi
   bench_check_reachable
-  rec=$(jq -nc --arg d "$dp" --arg r "$rs" --argjson t "$trial" --argjson p "$prog" \
-    '{kind: "scenario", scenario: "\($d)@\($r)", datapath: $d, ruleset: $r, trial: $t, program: $p}')
+  rec=$(jq -nc --arg d "$dp" --arg r "$rs" --argjson t "$trial" --argjson p "$prog" --argjson maps "$maps" \
+    '{kind: "scenario", scenario: "\($d)@\($r)", datapath: $d, ruleset: $r, trial: $t, program: $p}
+     + (if $maps == null then {} else {maps: $maps} end)')
   for m in "${RR_METRICS[@]}" conn tcp udp64 cpu; do
     r=$(measure "$m" "$dp")
     rec=$(jq -c --arg m "$m" --argjson v "$r" '.[$m] = $v' <<<"$rec")
   done
-  if [ "$dp" = xdp ] && [ "$rs" = none ]; then xdp_live "$trial"; fi
+  if [ "$dp" = xdp ] && [ "$rs" = none ]; then
+    xdp_live "$trial" pod off
+    xdp_live "$trial" pod on
+    xdp_live "$trial" drop off
+    xdp_live "$trial" drop on
+  fi
   detach_fastpath
   record "$rec"
   jq -r '"  rr pinned p50 \(.rr_pinned.p50_us) us p99 \(.rr_pinned.p99_us) | unpinned p50 \(.rr_unpinned.p50_us // "-") | conn \(.conn.conn_per_s)/s | tcp \(.tcp.gbps * 100 | round / 100) Gbit/s | udp64 rx \(.udp64.rx_pps / 1000 | round) kpps (tx \(.udp64.tx_pps / 1000 | round)) | cpu \(.cpu.ms_per_mpkt // "n/a" | tostring | .[0:6]) ms/Mpkt"' <<<"$rec"
 }
 
 # The XDP program's own ceiling (xdp is attached, endpoints are in): live frames as if received
-# on hv1, redirected into hv2 and pod2. Checked: 'redirected' grew by exactly the frames run.
+# on hv1, redirected through the devmap into hv2.
+#   xdp_live TRIAL pod STATS: into pod2 (its veth builds an skb per frame, pod2's stack takes it
+#     to the UDP sink);
+#   xdp_live TRIAL drop STATS: an XDP_DROP program on pod2's eth0 for that run (xdp-live
+#     --drop-at) drops each frame in the veth's NAPI poll, before any skb.
+# STATS off: no run-time statistics (the ceiling: on this VM their clock reads around every
+# program run are a visible share of a frame's cost); on: the program's own ns per frame.
+# Checked: 'redirected' grew by every frame run; with the drop, every frame reached the drop
+# program (the veth's xdp_drops counter, and with statistics its run count) and pod2's stack
+# got none of them.
 xdp_live() {
-  local before after res id ifindex drp
+  local trial=$1 target=$2 stats=$3 before after res id ifindex drp frames rx0 rx1 xd0 xd1
+  local args=() kind=xdp_live
+  if [ "$target" = drop ]; then args+=(--drop-at "$POD2" eth0) kind=xdp_live_drop; fi
+  [ "$stats" = on ] || args+=(--no-stats)
   id=$(bench_prog_id)
   ifindex=$(ip netns exec "$NODE" cat "/sys/class/net/$HV1/ifindex")
   before=$(bench_counters)
-  res=$("$XDP_LIVE" "$NODE" "$id" "$ifindex" "$POD1_MAC" "$HV1_MAC" "$POD1_V4" "$POD2_V4" "$DURATION" "$CLIENT_CPU") \
-    || die "xdp-live failed"
+  rx0=$(udp_received "$POD2") xd0=$(xdp_drops "$POD2" eth0)
+  res=$("$XDP_LIVE" "${args[@]}" "$NODE" "$id" "$ifindex" "$POD1_MAC" "$HV1_MAC" "$POD1_V4" "$POD2_V4" "$DURATION" "$CLIENT_CPU") \
+    || die "xdp-live ${args[*]} failed"
   after=$(bench_counters)
+  sleep 0.2 # frames still in flight to pod2's socket
+  rx1=$(udp_received "$POD2") xd1=$(xdp_drops "$POD2" eth0)
+  frames=$(jq -r .frames <<<"$res")
   drp=$(($(cut -f1 <<<"$after") - $(cut -f1 <<<"$before")))
-  [ "$drp" -ge "$(jq -r .frames <<<"$res")" ] \
-    || bench_fastpath_fail "xdp-live: ran $(jq -r .frames <<<"$res") frames but 'redirected' grew by ${drp}"
-  record "$(jq -c --argjson t "$1" --argjson p "$drp" '{kind: "xdp_live", trial: $t} + . + {redirected_packets: $p}' <<<"$res")"
-  jq -r '"  xdp-live: \(.mpps) Mpps wall, \(.kernel_mpps) Mpps kernel-timed, program \(.prog_ns_per_frame) ns/frame"' <<<"$res"
+  [ "$drp" -ge "$frames" ] \
+    || bench_fastpath_fail "xdp-live (${target}): ran ${frames} frames but 'redirected' grew by ${drp}"
+  if [ "$target" = drop ]; then
+    [ $((xd1 - xd0)) -ge "$frames" ] \
+      || die "xdp-live (drop): ${frames} frames redirected, but pod2's eth0 counted $((xd1 - xd0)) XDP drops: the rest never crossed the veth"
+    [ "$stats" = off ] || [ "$(jq -r .drop_runs <<<"$res")" -ge "$frames" ] \
+      || die "xdp-live (drop): ${frames} frames redirected, but the XDP_DROP program ran $(jq -r .drop_runs <<<"$res") times"
+    [ $((rx1 - rx0)) -le $((frames / 100)) ] \
+      || die "xdp-live (drop): pod2's UDP socket received $((rx1 - rx0)) of ${frames} frames: the XDP_DROP program was not in their way"
+  fi
+  if [ "$stats" = off ] && [ "$(jq -r .stats <<<"$res")" = true ]; then
+    warn "xdp-live (${target}): run-time statistics were on during the run without them (another process had them on)"
+  fi
+  record "$(jq -c --arg k "$kind" --argjson t "$trial" --argjson p "$drp" --argjson rx "$((rx1 - rx0))" \
+    --argjson xd "$((xd1 - xd0))" \
+    '{kind: $k, trial: $t} + . + {redirected_packets: $p, pod_udp_received: $rx, pod_xdp_drops: $xd}' <<<"$res")"
+  jq -r --arg what "$([ "$target" = drop ] && echo "redirect-and-drop (XDP_DROP on pod2 eth0, no skb)" || echo "end to end into pod2")" \
+    --argjson rx "$((rx1 - rx0))" '
+    "  xdp-live, \($what), statistics \(if .stats then "on" else "off" end): \(.kernel_mpps) Mpps kernel-timed, \(.mpps) wall"
+    + (if .prog_ns_per_frame != null then ", program \(.prog_ns_per_frame) ns/frame" else "" end)
+    + (if .drop_ns_per_frame != null then ", drop program \(.drop_ns_per_frame) ns/frame" else "" end)
+    + (if .drop_at == null then "; pod2 socket got \($rx) of \(.frames)" else "" end)' <<<"$res"
+}
+
+xdp_drops() { # xdp_drops NETNS DEV: frames the veth's own XDP program dropped (all rx queues)
+  ip netns exec "$1" ethtool -S "$2" | awk '/rx_queue_[0-9]+_xdp_drops:/ { n += $2 } END { print n + 0 }'
 }
 
 # The floor: client and server in one namespace over lo (no forwarding, so no path check).
@@ -522,6 +628,56 @@ for rs in "${RULESETS[@]}"; do
   done
   bench_down
 done
+SCENARIOS_S=$((SECONDS - T0))
+
+# run_section NAME CMD...: a section that has its own script (on its own namespaces, cleaning
+# up after itself), in the background so that our cleanup can stop it; its output goes to
+# $WORK/NAME.log (kept in the results). A section that fails is reported and left out of the
+# results; the run goes on and fails at the end.
+run_section() {
+  local name=$1 rc=0 t0=$SECONDS
+  shift
+  "$@" </dev/null >"$WORK/$name.log" 2>&1 &
+  SECTION_PID=$!
+  wait "$SECTION_PID" || rc=$?
+  SECTION_PID=""
+  SECTION_S[$name]=$((SECONDS - t0))
+  if [ "$rc" -ne 0 ]; then
+    tail -n 20 "$WORK/$name.log" >&2
+    warn "section '${name}' failed (status ${rc}; its log goes to ${name}.log in the results); the run goes on without it"
+    FAILED_SECTIONS+=("$name")
+    rm -f -- "$WORK/$name.json"
+    return 1
+  fi
+  say "${name}: $((SECONDS - t0)) s"
+}
+
+sections_json() { # {NAME: seconds} of the sections that ran, and the failed ones
+  local k
+  for k in "${!SECTION_S[@]}"; do printf '%s\t%s\n' "$k" "${SECTION_S[$k]}"; done \
+    | jq -Rsc --arg failed "${FAILED_SECTIONS[*]}" '
+      {seconds: (split("\n") | map(select(length > 0) | split("\t") | {key: .[0], value: (.[1] | tonumber)}) | from_entries),
+       failed: ($failed | split(" ") | map(select(length > 0)))}'
+}
+
+if [ "$PROG_COST" -eq 1 ]; then
+  step "programs' cost per packet with the flow table: scripts/bench-prog.sh, ${TRIALS} x ${DURATION} s ($((SECONDS - T0)) s elapsed)"
+  if run_section prog-cost "$ROOT/scripts/bench-prog.sh" --ctl "$CTL" --trials "$TRIALS" \
+    --duration "$DURATION" --json "$WORK/prog-cost.json"; then
+    jq -r '.programs | to_entries[] | "  \(.key): \(.value.median) ns per packet [\(.value.min)-\(.value.max)] (bpf_stats, TCP ping-pong)"' "$WORK/prog-cost.json"
+  fi
+fi
+if [ "$CONTROLLER" -eq 1 ]; then
+  quick_note=""
+  [ "$QUICK" -eq 0 ] || quick_note=" (--quick: ${CTRL_PODS} pods, not the full run's 1,000 with a burst of 200)"
+  step "controller: ${CTRL_PODS} pods, bursts of ${CTRL_BURST} and $(((CTRL_BURST / 4) > 0 ? CTRL_BURST / 4 : 1)), datapath ${CTRL_DP}: scripts/bench-controller.sh${quick_note} ($((SECONDS - T0)) s elapsed)"
+  if run_section controller "$ROOT/scripts/bench-controller.sh" --ctl "$CTL" --datapath "$CTRL_DP" \
+    --pods "$CTRL_PODS" --burst "$CTRL_BURST" --json "$WORK/controller.json"; then
+    sed -n '/=== summary/,$ { /=== summary/d; /^\[bench-controller\]/d; s/^/  /p }' "$WORK/controller.log"
+    [ "$QUICK" -eq 0 ] || say "(--quick: bench-controller.sh marks ok/MISS against targets stated for 1,000 pods and a burst of 200; the report does not check them at ${CTRL_PODS} pods)"
+  fi
+fi
+
 ELAPSED=$((SECONDS - T0))
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -536,6 +692,10 @@ jq -s --arg tstart "$START" --arg tend "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --argjso
   --arg kernel "$(uname -r)" --argjson ncpu "$(nproc)" --arg cpu "$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)" \
   --arg mem "$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)" \
   --arg load0 "$LOAD_START" --arg load1 "$LOAD_END" --argjson quick "$QUICK" \
+  --argjson scen_s "$SCENARIOS_S" --argjson ctrl_pods "$CTRL_PODS" --argjson ctrl_burst "$CTRL_BURST" \
+  --arg ctrl_dp "$CTRL_DP" --argjson sections "$(sections_json)" \
+  --argjson controller "$(cat "$WORK/controller.json" 2>/dev/null || echo null)" \
+  --argjson prog_cost "$(cat "$WORK/prog-cost.json" 2>/dev/null || echo null)" \
   --argjson trials "$TRIALS" --argjson duration "$DURATION" --argjson services "$SERVICES" \
   --argjson rules "$RULES" --argjson rate "$RATE" \
   --arg rev "$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)" \
@@ -547,9 +707,16 @@ jq -s --arg tstart "$START" --arg tend "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --argjso
      trials: $trials, duration_s: $duration, kube_proxy_services: $services, forward_rules: $rules,
      cpu_metric_rate_pps: $rate, rr_msg_size: '"$RR_MSG_SIZE"', udp_payload: '"$UDP_PAYLOAD"',
      client_cpu: '"$CLIENT_CPU"', server_cpu: '"$SERVER_CPU"', git: $rev,
+     scenarios_elapsed_s: $scen_s, sections: $sections,
+     controller_pods: $ctrl_pods, controller_burst: $ctrl_burst, controller_datapath: $ctrl_dp,
      tools: {iperf3: $iperf, sockperf: $sockperf, trafgen: $trafgen, iptables: $iptables}},
-   trials: .}' "$TRIALS_JSONL" >"$RES/raw.json"
+   trials: ., controller: $controller, prog_cost: $prog_cost}' "$TRIALS_JSONL" >"$RES/raw.json"
 python3 "$ROOT/scripts/bench-report.py" "$RES/raw.json" "$RES"
+for f in prog-cost controller; do
+  [ ! -e "$WORK/$f.log" ] || cp -- "$WORK/$f.log" "$RES/$f.log"
+done
 mv -T -- "$RES" "$OUT"
 cat "$OUT/results.md"
 say "wrote ${OUT}/{results.md,results.json,raw.json,chart.svg} in ${ELAPSED} s"
+[ "${#FAILED_SECTIONS[@]}" -eq 0 ] \
+  || die "section(s) ${FAILED_SECTIONS[*]} failed: the results in ${OUT} are without them (see their .log there)"
