@@ -18,8 +18,7 @@
 //! [`TwoNodes::up`] returns, as on a real node.
 //!
 //! The fast path across nodes is driven through the `xdp-ctl` CLI of issue 12 (`attach
-//! --uplink`, `remote add|del|list`, `run --uplink --remote-meshed-cidr`); the helpers that call
-//! it fail until that CLI exists, and [`require_cross_node_cli`] says so up front.
+//! --uplink`, `remote add|del|list`, `run --uplink --remote-meshed-cidr`).
 
 use std::{
     collections::BTreeMap,
@@ -232,24 +231,6 @@ impl Service {
     /// The address the backend listens on.
     pub fn listen(&self) -> SocketAddr {
         SocketAddr::new(self.backend.addr(self.vip.is_ipv6()), self.target_port)
-    }
-}
-
-/// Fails the test unless the `xdp-ctl` binary has the cross-node CLI of issue 12 (`xdp-ctl
-/// remote --help` succeeds): the fast-path tests across nodes wait for it, failing with this
-/// message, never passing silently.
-#[track_caller]
-pub fn require_cross_node_cli() {
-    let ctl = XdpCtl::new(PathBuf::from("/sys/fs/bpf"), None);
-    let out = ctl.try_run(&["remote", "--help"]);
-    match out {
-        Ok(o) if o.success() => {}
-        Ok(o) => panic!(
-            "waiting for issue 12's CLI: `xdp-ctl remote --help` failed, so this xdp-ctl has no \
-             cross-node fast path (attach --uplink, remote add|del|list, run --uplink \
-             --remote-meshed-cidr) to test yet:\n{o}"
-        ),
-        Err(e) => panic!("waiting for issue 12's CLI: {e}"),
     }
 }
 

@@ -5,9 +5,9 @@
 //!   ways in both families, FORWARD DROP obeyed on either node, kube-proxy's `KUBE-FORWARD`,
 //!   Services DNAT'd to a pod on the other node, crafted frames on the wire. They pin the bench
 //!   down and are the baseline the fast-path tests compare with.
-//! - `xdp::*`, `tc::*` ([`for_each_datapath!`]): the cross-node fast path, driven by issue
-//!   12's CLI (`attach --uplink`, `remote add`, `run --uplink --remote-meshed-cidr`). Each starts
-//!   with [`require_cross_node_cli`], so until that CLI exists they fail at once saying so.
+//! - `xdp::*`, `tc::*` ([`for_each_datapath!`]): the cross-node fast path, driven by the CLI
+//!   (`attach --uplink`, `remote add`, `run --uplink --remote-meshed-cidr`).
+//! - `cli::*`: bad input to that CLI fails cleanly.
 //!
 //! Needs root: `#[ignore]`d, failing without root; `scripts/test.sh` runs them.
 
@@ -17,10 +17,9 @@ use std::{
 };
 
 use integration_tests::{
-    for_each_datapath, frame, require_root,
+    assert_clean_failure, for_each_datapath, frame, require_root,
     twonode::{
-        encap, kernel_path_packets, require_cross_node_cli, stats_growth, Node, Pod, Proto,
-        Service, TwoNodes, T_OK,
+        encap, kernel_path_packets, stats_growth, Node, Pod, Proto, Service, TwoNodes, T_OK,
     },
     Datapath, TcpFlow, UdpSink,
 };
@@ -267,7 +266,6 @@ for_each_datapath!(
 /// A bench of `pods` pods per node with the fast path attached on both nodes (each node's pods
 /// meshed, the other node's pod CIDRs remote).
 fn meshed(dp: Datapath, pods: u32) -> TwoNodes {
-    require_cross_node_cli();
     let b = TwoNodes::up(pods);
     for node in Node::BOTH {
         b.attach_fast_path(node, dp);
@@ -326,7 +324,6 @@ fn fast_path_carries_cross_node_traffic_past_forward_drop(dp: Datapath) {
 /// The same with `xdp-ctl run --uplink --remote-meshed-cidr` on each node instead of one-shot
 /// commands.
 fn controllers_carry_cross_node_traffic_past_forward_drop(dp: Datapath) {
-    require_cross_node_cli();
     let b = TwoNodes::up(2);
     let mut controllers: Vec<_> = Node::BOTH
         .into_iter()
@@ -359,7 +356,6 @@ fn controllers_carry_cross_node_traffic_past_forward_drop(dp: Datapath) {
 /// on node 1, pod 2's traffic with node 1 pod 1 is fast-pathed past it, both ways; pod 1's
 /// takes node 1's kernel path, both ways, and meets the DROP; without the DROP it works.
 fn non_meshed_remote_source_takes_the_kernel_path(dp: Datapath) {
-    require_cross_node_cli();
     let b = TwoNodes::up(2);
     b.attach_fast_path_with_remote(N1, dp, &["10.244.2.2/31", "fd00::2:2/127"]);
     b.attach_fast_path(N2, dp);
@@ -452,7 +448,6 @@ fn missing_wire_neighbour_takes_the_kernel_path(dp: Datapath) {
 /// on node 1, then node 2, detach node 1, then node 2, each under 16 MiB of checked bytes. The
 /// flow rule keeps it on the kernel path all along (nothing redirected).
 fn kernel_born_flow_survives_attach_and_detach_on_either_node(dp: Datapath) {
-    require_cross_node_cli();
     let b = TwoNodes::up(1);
     for node in Node::BOTH {
         b.kube_proxy_forward(node);
@@ -491,7 +486,6 @@ fn kernel_born_flow_survives_attach_and_detach_on_either_node(dp: Datapath) {
 /// node 2, then node 1 (conntrack picks the flow up mid-stream), attach again on node 1, then
 /// node 2, detach both; each step under 16 MiB of checked bytes.
 fn fast_path_born_flow_survives_detach_and_attach_on_either_node(dp: Datapath) {
-    require_cross_node_cli();
     let b = TwoNodes::up(1);
     for node in Node::BOTH {
         b.kube_proxy_forward(node);
@@ -991,4 +985,107 @@ fn finish(flow: TcpFlow, what: &str) {
     let r = flow.finish().unwrap_or_else(|e| panic!("{what}: {e}"));
     eprintln!("{what}: {r}");
     assert!(r.complete(), "{what}: the flow lost bytes: {r}");
+}
+
+// =============================================================================================
+// Bad input to the cross-node CLI.
+// =============================================================================================
+
+mod cli {
+    use super::*;
+
+    /// Every misuse of `attach --uplink` and `remote` is one clean error line naming the
+    /// problem, and changes nothing.
+    #[test]
+    #[ignore = "needs root: run scripts/test.sh"]
+    fn uplink_and_remote_bad_input_fails_cleanly() {
+        require_root!();
+        let b = TwoNodes::up(1);
+        let ctl = b.xdp_ctl(N1);
+        let veth = b.host_veth(Pod::new(N1, 1));
+        let fails = |args: &[&str], code: i32, mentions: &str| {
+            let out = ctl.run(args);
+            assert_eq!(out.code(), Some(code), "{args:?}: {out}");
+            assert_clean_failure(&out, Some(mentions));
+        };
+        // Nothing attached yet.
+        fails(
+            &["remote", "add", "10.244.2.0/24"],
+            1,
+            "nothing is attached",
+        );
+        fails(
+            &["remote", "del", "10.244.2.0/24"],
+            1,
+            "nothing is attached",
+        );
+        assert!(
+            ctl.run_ok(&["remote", "list"]).stdout.contains("PREFIX"),
+            "remote list with nothing attached is an empty table"
+        );
+        // Usage errors.
+        fails(&["remote", "add", "10.244.2.1/24"], 2, "host bits");
+        fails(&["remote", "add", "not-an-address"], 2, "not-an-address");
+        fails(&["attach", "--uplink"], 2, "--uplink");
+        // An uplink needs an Ethernet address; an unknown one is named.
+        fails(
+            &["attach", "--datapath", "tc", "--uplink", "lo"],
+            1,
+            "Ethernet",
+        );
+        fails(&["attach", "--uplink", "nosuchif0"], 1, "nosuchif0");
+        // A pod veth is not an uplink, and an uplink is not a pod veth.
+        ctl.run_ok(&["attach", "--datapath", "tc", &veth, "--uplink", "up1"]);
+        fails(
+            &["attach", "--datapath", "tc", "--uplink", &veth],
+            1,
+            "detach it first",
+        );
+        fails(&["attach", "--datapath", "tc", "up1"], 1, "detach it first");
+        fails(
+            &["remote", "add", "10.244.2.0/24", "--via", &veth],
+            1,
+            "not an attached uplink",
+        );
+        fails(&["remote", "del", "10.244.2.0/24"], 1, "no remote prefix");
+        // What the failures left: the two attachments, no remote prefix.
+        let status = ctl.json(&["status"]);
+        let roles: Vec<String> = status["interfaces"]
+            .as_array()
+            .expect("interfaces")
+            .iter()
+            .map(|i| {
+                format!(
+                    "{}:{}",
+                    i["name"].as_str().unwrap_or("?"),
+                    i["role"].as_str().unwrap_or("?")
+                )
+            })
+            .collect();
+        assert_eq!(
+            roles,
+            [format!("{veth}:pod"), "up1:uplink".to_string()],
+            "{status}"
+        );
+        assert_eq!(status["remote_prefixes"], 0, "{status}");
+        // And the good path: a prefix bound to the uplink, listed, removed.
+        ctl.run_ok(&["remote", "add", "10.244.2.0/24", "--via", "up1"]);
+        ctl.run_ok(&["remote", "add", "10.244.2.128/25", "--not-meshed"]);
+        let list = ctl.json(&["remote", "list"]);
+        let remotes = list["remotes"].as_array().expect("remotes");
+        assert_eq!(remotes.len(), 2, "{list}");
+        assert_eq!(remotes[0]["prefix"], "10.244.2.0/24", "{list}");
+        assert_eq!(remotes[0]["meshed"], true, "{list}");
+        assert_ne!(remotes[0]["uplink"], 0, "{list}");
+        assert_eq!(remotes[1]["meshed"], false, "{list}");
+        ctl.run_ok(&["remote", "del", "10.244.2.128/25"]);
+        assert_eq!(
+            ctl.json(&["remote", "list"])["remotes"]
+                .as_array()
+                .map(Vec::len),
+            Some(1)
+        );
+        let out = ctl.run_ok(&["detach", "up1"]);
+        assert!(out.stdout.contains("up1"), "{out}");
+    }
 }
