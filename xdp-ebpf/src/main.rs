@@ -178,17 +178,18 @@ fn tc_run(ctx: &TcContext, side: Side, hook_id: u8) -> i32 {
         fib_tot_len: 0,
     };
     let target_check = |ifindex: u32, to_uplink: bool| {
-        // Out of an uplink: the FIB lookup checked the MTU and `UPLINKS` the interface.
-        if to_uplink {
-            return Reason::Redirected;
-        }
-        // A redirect into an interface we did not attach as a pod veth (an endpoint left
-        // behind by a gone pod, an ifindex now used by something else, an uplink) would be
-        // dropped: bpf_redirect_peer only reaches the peer of a veth.
-        // SAFETY: the value is read at once.
-        match unsafe { maps::ATTACHMENTS.get(&ifindex) } {
-            Some(att) if att.role == ATT_ROLE_POD => {}
-            _ => return Reason::TxPortMissing,
+        // Out of an uplink: `UPLINKS` has been checked, and the FIB lookup checked the MTU,
+        // except for GSO skbs, which it lets through whatever their segment size: they are
+        // checked per segment below.
+        if !to_uplink {
+            // A redirect into an interface we did not attach as a pod veth (an endpoint
+            // left behind by a gone pod, an ifindex now used by something else, an uplink)
+            // would be dropped: bpf_redirect_peer only reaches the peer of a veth.
+            // SAFETY: the value is read at once.
+            match unsafe { maps::ATTACHMENTS.get(&ifindex) } {
+                Some(att) if att.role == ATT_ROLE_POD => {}
+                _ => return Reason::TxPortMissing,
+            }
         }
         if len <= ETH_HLEN + MTU_ALWAYS_FITS as usize {
             return Reason::Redirected;
