@@ -950,14 +950,13 @@ impl Bench {
         if out.data_out != expected_frame {
             let _ = write!(
                 problems,
-                "\n    frame out differs ({}):\n      expected {}\n      got      {}",
+                "\n    frame out differs ({}){}",
                 if matches!(case.expect, Expect::Pass(_)) {
                     "a pass must leave the frame unchanged"
                 } else {
                     "redirect rewrite"
                 },
-                hex(&expected_frame),
-                hex(&out.data_out)
+                frame_diff(&expected_frame, &out.data_out)
             );
         }
         if matches!(case.expect, Expect::Redirect(_))
@@ -1019,6 +1018,32 @@ impl Bench {
         }
         Ok(())
     }
+}
+
+/// Where two frames differ: both whole if short, else their lengths and the 64 bytes from the
+/// first difference on.
+fn frame_diff(expected: &[u8], got: &[u8]) -> String {
+    const WHOLE: usize = 128;
+    if expected.len() <= WHOLE && got.len() <= WHOLE {
+        return format!(
+            ":\n      expected {}\n      got      {}",
+            hex(expected),
+            hex(got)
+        );
+    }
+    let first = expected
+        .iter()
+        .zip(got)
+        .position(|(e, g)| e != g)
+        .unwrap_or_else(|| expected.len().min(got.len()));
+    let window = |f: &[u8]| hex(&f[first.min(f.len())..(first + 64).min(f.len())]);
+    format!(
+        " at byte {first} (lengths {} and {}), from there:\n      expected {}\n      got      {}",
+        expected.len(),
+        got.len(),
+        window(expected),
+        window(got)
+    )
 }
 
 fn hex(b: &[u8]) -> String {
