@@ -1,18 +1,21 @@
-//! The datapath under `BPF_PROG_TEST_RUN`, on crafted frames, through both of its hooks: the XDP
-//! program `xdp_fastpath` and the TC program `tc_fastpath` (same decisions, maps and counters).
+//! The datapath under `BPF_PROG_TEST_RUN`, on crafted frames, through both of its hooks: XDP
+//! (`xdp_fastpath` on pod veths, `xdp_uplink` on uplinks) and TC (`tc_fastpath`, `tc_uplink`):
+//! same decisions, maps and counters.
 //!
-//! Each test runs its table once per [`Hook`]: it loads the object, loads that hook's program and
-//! fills the maps with a fixed set of endpoints; then each case's frame is run once and checked
-//! for
+//! Each test runs its table once per [`Hook`]: it loads the object, loads that hook's two programs
+//! (the pod one and the uplink one, sharing the maps) and fills the maps with a fixed set of
+//! endpoints, uplinks and remote prefixes; then each case's frame is run once through the
+//! program of its [`Side`] and checked for
 //! - the returned action: the hook's redirect (`XDP_REDIRECT`, or `TC_ACT_REDIRECT` from
-//!   `bpf_redirect_peer`) only for the redirected reason, its pass (`XDP_PASS`, `TC_ACT_OK`)
-//!   otherwise,
+//!   `bpf_redirect_peer` / `bpf_redirect`) only for the redirected reason, its pass (`XDP_PASS`,
+//!   `TC_ACT_OK`) otherwise,
 //! - the `COUNTERS` deltas: exactly the expected reason grew, by one packet and the frame's length
 //!   in bytes, and no other reason moved,
 //! - the output frame (the XDP buffer, or the skb data from the MAC header, after the program):
-//!   byte for byte unchanged for every pass, and for a redirect the input with the MACs of the
-//!   destination endpoint, TTL / hop limit minus one and a valid IPv4 header checksum, nothing
-//!   else touched.
+//!   byte for byte unchanged for every pass, and for a redirect the input with the new MACs
+//!   (the destination endpoint's, or out of an uplink the next hop's and the uplink's), TTL /
+//!   hop limit minus one and a valid IPv4 header checksum, nothing else touched,
+//! - where a case says so, whether its source UDP socket is marked in `KERNEL_SOCKETS`.
 //!
 //! Failures name `hook/case`.
 //!
@@ -22,6 +25,12 @@
 //! thread in a private network namespace (`unshare(CLONE_NEWNET)`), creates veth pairs there and
 //! uses their ifindexes; the namespace and its devices disappear when the thread ends. Nothing is
 //! pinned (the object's maps are unpinned), nothing is attached, the host is not touched.
+//!
+//! Towards remote pods the datapath asks the kernel's FIB (`bpf_fib_lookup`), which also answers
+//! from the caller's namespace: the bench gives it a node's routing (see [`Bench::new`]): uplinks
+//! with addresses, routes to the remote pod prefixes via gateways with permanent neighbour
+//! entries, forwarding on (in the private namespace only), and the routes and devices the
+//! failure cases need.
 //!
 //! Needs root: the tests are `#[ignore]`d, and fail when run without root (`scripts/test.sh`
 //! runs them as root with `--include-ignored`).
@@ -41,13 +50,14 @@ use aya::{
     Ebpf,
 };
 use common::{
-    map_names, Attachment, Counter, Endpoint, Flow, FlowKey, Reason, ATT_DATAPATH_TC, ATT_MODE_TCX,
-    EP_F_MESHED, MAX_FLOWS,
+    map_names, pkt::addr_words, Attachment, Counter, Endpoint, Flow, FlowKey, Reason, Remote,
+    SocketKey, Uplink, ATT_DATAPATH_TC, ATT_MODE_TCX, ATT_ROLE_POD, ATT_ROLE_UPLINK, EP_F_MESHED,
+    FAMILY_V4, FAMILY_V6, MAX_FLOWS, REMOTE_F_MESHED,
 };
 use integration_tests::frame::{
     self, checksum, BROADCAST_MAC, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMPV6, IPPROTO_UDP,
 };
-use xdp_ctl::{EBPF_OBJECT, TC_PROGRAM, XDP_PROGRAM};
+use xdp_ctl::{EBPF_OBJECT, TC_PROGRAM, TC_UPLINK_PROGRAM, XDP_PROGRAM, XDP_UPLINK_PROGRAM};
 
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
@@ -68,6 +78,18 @@ const IPPROTO_DSTOPTS: u8 = 60;
 /// An ifindex that no device has in a fresh network namespace.
 const FAKE_IFINDEX: u32 = 1000;
 
+/// The uplink "ua" (a veth whose peer "ub" stands for the wire): its MAC, and its gateway's (a
+/// permanent neighbour entry), the next hop towards the remote pods.
+const UP_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x75, 0x01];
+const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x67, 0x01];
+/// The second uplink "wa" and its gateway: in `UPLINKS`, but for XDP no `TX_PORTS` member (an
+/// uplink attached with TC), and for TC recorded in `ATTACHMENTS` with the uplink role.
+const UP2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x75, 0x02];
+const GW2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x67, 0x02];
+/// "va", a routed device that is no uplink, and its gateway.
+const PLAIN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x76, 0x01];
+const PLAIN_GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x68, 0x01];
+
 // MACs. Pod A sits behind host veth "xa" (the ingress of almost every case), pod B behind "xb",
 // pod C behind "ya"; xa, xb and ya are redirect targets of the hook under test (the targets of
 // the expected redirects), "za" only of the other hook.
@@ -77,6 +99,8 @@ const POD_B_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x01];
 const HOST_B_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xbb, 0x01];
 const POD_C_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0c, 0x01];
 const HOST_C_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xcc, 0x01];
+const POD_F_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0f, 0x02];
+const HOST_F_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xff, 0x02];
 const V4_MCAST_MAC: [u8; 6] = [0x01, 0x00, 0x5e, 0x00, 0x00, 0x01];
 const V6_MCAST_MAC: [u8; 6] = [0x33, 0x33, 0x00, 0x00, 0x00, 0x01];
 
@@ -95,6 +119,16 @@ enum Port {
     D,
     /// No such device; in neither target map.
     Fake,
+    /// The uplink "ua": the ingress of the uplink program's cases, the egress towards the
+    /// remote pods; an XDP redirect target (`TX_PORTS`).
+    Up,
+    /// The second uplink "wa": no XDP redirect target; for TC an `ATTACHMENTS` record with the
+    /// uplink role.
+    Up2,
+    /// "va": a device with a route to remote pods, not an uplink.
+    Plain,
+    /// "fa": host veth of a pod, with forwarding disabled on it.
+    NoFwd,
 }
 
 /// One endpoint of the fixed map contents: host number `n` is `10.244.0.n` and `fd00::n`.
@@ -125,10 +159,15 @@ const EP_C: u8 = 8;
 /// Meshed, behind za: a redirect target of the other hook only (XDP: in `ATTACHMENTS`, not in
 /// `TX_PORTS`; TC: the reverse). Checks each hook consults its own map.
 const EP_OTHER_HOOK: u8 = 9;
+/// Meshed, behind fa, whose forwarding is off: the FIB refuses to route its packets.
+const EP_NO_FWD: u8 = 10;
+/// Meshed, but its "veth" is the uplink wa (a stale or bogus entry): no pod redirect target
+/// (XDP: not in `TX_PORTS`; TC: its `ATTACHMENTS` record has the uplink role).
+const EP_ON_UPLINK: u8 = 11;
 /// Not an endpoint.
 const NOT_EP: u8 = 99;
 
-const ENDPOINTS: [EndpointSpec; 9] = [
+const ENDPOINTS: [EndpointSpec; 11] = [
     EndpointSpec {
         n: EP_A,
         port: Port::A,
@@ -192,6 +231,20 @@ const ENDPOINTS: [EndpointSpec; 9] = [
         pod_mac: [0x02, 0, 0, 0, 0x0d, 0x01],
         host_mac: [0x02, 0, 0, 0, 0xdd, 0x01],
     },
+    EndpointSpec {
+        n: EP_NO_FWD,
+        port: Port::NoFwd,
+        meshed: true,
+        pod_mac: POD_F_MAC,
+        host_mac: HOST_F_MAC,
+    },
+    EndpointSpec {
+        n: EP_ON_UPLINK,
+        port: Port::Up2,
+        meshed: true,
+        pod_mac: [0x02, 0, 0, 0, 0x0e, 0x01],
+        host_mac: UP2_MAC,
+    },
 ];
 
 fn endpoint_spec(n: u8) -> &'static EndpointSpec {
@@ -214,6 +267,73 @@ fn addr6(s: &str) -> [u8; 16] {
         .expect("IPv6 address")
         .octets()
 }
+
+// Remote pods (other nodes' pod CIDRs, `REMOTE_V4` / `REMOTE_V6`): 10.245.s.n and
+// fd01:0:0:s::n, meshed as a whole (10.245.0.0/16, fd01::/48, any uplink); each sub-prefix `s`
+// is reached through the route, or carries the flags, that one kind of case needs.
+
+/// Routed via the gateway of ua: the usual remote pods.
+const RS_MESHED: u8 = 0;
+/// An exception: a longer prefix without `REMOTE_F_MESHED`.
+const RS_EXCEPTION: u8 = 1;
+/// Routed via a gateway on ua that has no neighbour entry.
+const RS_NO_NEIGH: u8 = 2;
+/// `ip route add unreachable`.
+const RS_UNREACHABLE: u8 = 3;
+/// `ip route add blackhole`.
+const RS_BLACKHOLE: u8 = 4;
+/// Routed via va, which is no uplink.
+const RS_VIA_PLAIN: u8 = 5;
+/// Routed via ua, but its prefix names the uplink wa.
+const RS_NAMES_UP2: u8 = 6;
+/// Routed via ua, and its prefix names ua.
+const RS_NAMES_UP: u8 = 7;
+/// Routed via the gateway of wa (no XDP redirect target).
+const RS_VIA_UP2: u8 = 8;
+/// Routed via the gateway of ua with a locked route MTU of [`ROUTE_MTU`].
+const RS_ROUTE_MTU: u8 = 9;
+const ROUTE_MTU: usize = 1400;
+/// The uplinks' MTU (the veth default).
+const UPLINK_MTU: usize = 1500;
+
+/// A host's addresses in both families.
+#[derive(Clone, Copy)]
+struct At {
+    v4: [u8; 4],
+    v6: [u8; 16],
+}
+
+/// Local endpoint `n`.
+const fn pod(n: u8) -> At {
+    At {
+        v4: v4(n),
+        v6: v6(n),
+    }
+}
+
+/// Remote pod `n` of sub-prefix `s`.
+const fn remote(s: u8, n: u8) -> At {
+    At {
+        v4: [10, 245, s, n],
+        v6: [0xfd, 0x01, 0, 0, 0, 0, 0, s, 0, 0, 0, 0, 0, 0, 0, n],
+    }
+}
+
+/// This node's address on ua: a node port's address (no pod).
+const NODE: At = At {
+    v4: [192, 168, 50, 1],
+    v6: [0xfd, 0x50, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+};
+/// The other node behind ua (its gateway): the source of overlay traffic.
+const PEER_NODE: At = At {
+    v4: [192, 168, 50, 2],
+    v6: [0xfd, 0x50, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+};
+/// Neither a local nor a remote pod (documentation prefixes).
+const EXTERNAL: At = At {
+    v4: [192, 0, 2, 7],
+    v6: [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7],
+};
 
 // ---------------------------------------------------------------------------------------------
 // Frame builders.
@@ -413,18 +533,66 @@ fn vlan(tpid: u16) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 // Cases.
 
+/// A frame's MACs: destination, source.
+#[derive(Clone, Copy)]
+struct Macs {
+    dst: [u8; 6],
+    src: [u8; 6],
+}
+
+/// Out of ua to its gateway, as the FIB names them.
+const VIA_UP: Macs = Macs {
+    dst: GW_MAC,
+    src: UP_MAC,
+};
+/// Out of wa to its gateway.
+const VIA_UP2: Macs = Macs {
+    dst: GW2_MAC,
+    src: UP2_MAC,
+};
+/// From the wire, as the gateway sends to ua.
+const FROM_WIRE: Macs = Macs {
+    dst: UP_MAC,
+    src: GW_MAC,
+};
+
+/// As endpoint `n`'s pod sends to its host veth.
+fn from_pod(n: u8) -> Macs {
+    let ep = endpoint_spec(n);
+    Macs {
+        dst: ep.host_mac,
+        src: ep.pod_mac,
+    }
+}
+
 enum Expect {
     /// Redirected to the endpoint with this host number (its MACs written, TTL - 1).
     Redirect(u8),
+    /// Redirected out of an uplink, with these MACs written (the next hop's, the uplink's),
+    /// TTL - 1.
+    Out(Macs),
     /// Passed to the kernel unchanged, counted under this reason.
     Pass(Reason),
+}
+
+/// Which program of the hook a case runs through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    /// `xdp_fastpath` / `tc_fastpath`, on a pod's host veth.
+    Pod,
+    /// `xdp_uplink` / `tc_uplink`, on an uplink.
+    Uplink,
 }
 
 struct Case {
     name: String,
     frame: Vec<u8>,
     ingress: Port,
+    side: Side,
     expect: Expect,
+    /// `Some(marked)`: the frame's source UDP socket is not in `KERNEL_SOCKETS` before the run,
+    /// and is in it afterwards exactly if `marked`.
+    marks: Option<bool>,
 }
 
 fn pass(name: impl Into<String>, frame: Vec<u8>, reason: Reason) -> Case {
@@ -432,7 +600,9 @@ fn pass(name: impl Into<String>, frame: Vec<u8>, reason: Reason) -> Case {
         name: name.into(),
         frame,
         ingress: Port::A,
+        side: Side::Pod,
         expect: Expect::Pass(reason),
+        marks: None,
     }
 }
 
@@ -441,7 +611,9 @@ fn redirect(name: impl Into<String>, frame: Vec<u8>, to: u8) -> Case {
         name: name.into(),
         frame,
         ingress: Port::A,
+        side: Side::Pod,
         expect: Expect::Redirect(to),
+        marks: None,
     }
 }
 
@@ -450,14 +622,49 @@ impl Case {
         self.ingress = ingress;
         self
     }
+
+    /// Through the uplink program, received on `ingress`.
+    fn uplink(mut self, ingress: Port) -> Self {
+        self.side = Side::Uplink;
+        self.ingress = ingress;
+        self
+    }
+
+    fn marks(mut self, marked: bool) -> Self {
+        self.marks = Some(marked);
+        self
+    }
+
+    /// With TTL / hop limit `ttl` (the IPv4 header checksum recomputed).
+    fn ttl(mut self, ttl: u8) -> Self {
+        let f = &mut self.frame;
+        match u16::from_be_bytes([f[12], f[13]]) {
+            ETH_P_IP => {
+                f[ETH_HLEN + 8] = ttl;
+                let hlen = usize::from(f[ETH_HLEN] & 0x0f) * 4;
+                f[ETH_HLEN + 10..ETH_HLEN + 12].fill(0);
+                let check = checksum(&f[ETH_HLEN..ETH_HLEN + hlen]);
+                f[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&check.to_be_bytes());
+            }
+            ETH_P_IPV6 => f[ETH_HLEN + 7] = ttl,
+            other => panic!("TTL of ethertype {other:#06x}"),
+        }
+        self
+    }
+
+    /// With destination MAC `mac`.
+    fn addressed_to(mut self, mac: [u8; 6]) -> Self {
+        self.frame[0..6].copy_from_slice(&mac);
+        self
+    }
 }
 
-/// The expected output of a redirect: the input with `ep`'s MACs and TTL / hop limit - 1 (and,
-/// for IPv4, the header checksum recomputed from scratch).
-fn rewritten(frame: &[u8], ep: &EndpointSpec) -> Vec<u8> {
+/// The expected output of a redirect: the input with `macs` and TTL / hop limit - 1 (and, for
+/// IPv4, the header checksum recomputed from scratch).
+fn rewritten(frame: &[u8], macs: Macs) -> Vec<u8> {
     let mut f = frame.to_vec();
-    f[0..6].copy_from_slice(&ep.pod_mac);
-    f[6..12].copy_from_slice(&ep.host_mac);
+    f[0..6].copy_from_slice(&macs.dst);
+    f[6..12].copy_from_slice(&macs.src);
     match u16::from_be_bytes([f[12], f[13]]) {
         ETH_P_IP => {
             f[ETH_HLEN + 8] -= 1;
@@ -472,6 +679,27 @@ fn rewritten(frame: &[u8], ep: &EndpointSpec) -> Vec<u8> {
     f
 }
 
+/// The source UDP socket of an IPv4 / IPv6 frame without options or extension headers, as
+/// `KERNEL_SOCKETS` keys it.
+fn source_socket(frame: &[u8]) -> Result<SocketKey> {
+    let ip = &frame[ETH_HLEN..];
+    let (family, proto, src, l4): (u8, u8, &[u8], usize) =
+        match u16::from_be_bytes([frame[12], frame[13]]) {
+            ETH_P_IP => (FAMILY_V4, ip[9], &ip[12..16], 20),
+            ETH_P_IPV6 => (FAMILY_V6, ip[6], &ip[8..24], 40),
+            other => bail!("no IP frame (ethertype {other:#06x})"),
+        };
+    ensure!(proto == IPPROTO_UDP, "not UDP (protocol {proto})");
+    let mut addr = [0u8; 16];
+    addr[..src.len()].copy_from_slice(src);
+    Ok(SocketKey {
+        addr: addr_words(&addr),
+        port: u16::from_ne_bytes([ip[l4], ip[l4 + 1]]),
+        family,
+        pad: 0,
+    })
+}
+
 /// True when the IPv4 header's checksum is right: the sum over the header, checksum included,
 /// is all ones (its complement 0).
 fn ipv4_checksum_valid(header: &[u8]) -> bool {
@@ -481,15 +709,17 @@ fn ipv4_checksum_valid(header: &[u8]) -> bool {
 // ---------------------------------------------------------------------------------------------
 // The hooks.
 
-/// The program under test. Both share the decision logic, the endpoint maps and `COUNTERS`; they
-/// differ in the context the kernel builds for a test run, in their return codes and in the map
-/// that makes an ifindex a redirect target.
+/// The datapath under test, with its two programs ([`Side`]). Both hooks share the decision
+/// logic, the endpoint maps and `COUNTERS`; they differ in the context the kernel builds for a
+/// test run, in their return codes and in the map that makes an ifindex a redirect target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Hook {
-    /// `xdp_fastpath`: `XDP_PASS` / `XDP_REDIRECT` (`bpf_redirect_map` on `TX_PORTS`).
+    /// `xdp_fastpath`, `xdp_uplink`: `XDP_PASS` / `XDP_REDIRECT` (`bpf_redirect_map` on
+    /// `TX_PORTS`, for a local pod and for an uplink alike).
     Xdp,
-    /// `tc_fastpath`: `TC_ACT_OK` / `TC_ACT_REDIRECT` (`bpf_redirect_peer`, after checking the
-    /// target is in `ATTACHMENTS`). Byte counters use `skb->len`, which for a test run is the
+    /// `tc_fastpath`, `tc_uplink`: `TC_ACT_OK` / `TC_ACT_REDIRECT` (into a local pod:
+    /// `bpf_redirect_peer`, after checking the target is in `ATTACHMENTS` as a pod veth; out of
+    /// an uplink: `bpf_redirect`). Byte counters use `skb->len`, which for a test run is the
     /// frame's length, as for XDP.
     Tc,
 }
@@ -531,10 +761,12 @@ impl Hook {
         }
     }
 
-    const fn program(self) -> &'static str {
-        match self {
-            Self::Xdp => XDP_PROGRAM,
-            Self::Tc => TC_PROGRAM,
+    const fn program(self, side: Side) -> &'static str {
+        match (self, side) {
+            (Self::Xdp, Side::Pod) => XDP_PROGRAM,
+            (Self::Tc, Side::Pod) => TC_PROGRAM,
+            (Self::Xdp, Side::Uplink) => XDP_UPLINK_PROGRAM,
+            (Self::Tc, Side::Uplink) => TC_UPLINK_PROGRAM,
         }
     }
 
@@ -552,9 +784,9 @@ impl Hook {
         }
     }
 
-    /// Loads (verifies) this hook's program of `ebpf`.
-    fn load(self, ebpf: &mut Ebpf) -> Result<()> {
-        let name = self.program();
+    /// Loads (verifies) this hook's program of `side` of `ebpf`.
+    fn load(self, ebpf: &mut Ebpf, side: Side) -> Result<()> {
+        let name = self.program(side);
         let prog = ebpf
             .program_mut(name)
             .ok_or_else(|| anyhow!("no program {name}"))?;
@@ -565,8 +797,8 @@ impl Hook {
         .with_context(|| format!("loading {name} (verifier)"))
     }
 
-    fn test_run(self, ebpf: &Ebpf, opts: TestRunOptions<'_>) -> Result<TestRunResult> {
-        let name = self.program();
+    fn test_run(self, ebpf: &Ebpf, side: Side, opts: TestRunOptions<'_>) -> Result<TestRunResult> {
+        let name = self.program(side);
         let prog = ebpf
             .program(name)
             .ok_or_else(|| anyhow!("no program {name}"))?;
@@ -618,14 +850,14 @@ impl Hook {
         })
     }
 
-    /// Makes `ports` (ifindex, device name) redirect targets of this hook: `TX_PORTS` entries
-    /// for XDP, `ATTACHMENTS` records for TC.
-    fn register_targets(self, ebpf: &mut Ebpf, ports: &[(u32, &str)]) -> Result<()> {
+    /// Makes `ports` (ifindex, device name, `ATT_ROLE_*`) redirect targets of this hook:
+    /// `TX_PORTS` entries for XDP, `ATTACHMENTS` records with that role for TC.
+    fn register_targets(self, ebpf: &mut Ebpf, ports: &[(u32, &str, u8)]) -> Result<()> {
         match self {
             Self::Xdp => {
                 let map = ebpf.map_mut(map_names::TX_PORTS).context("TX_PORTS")?;
                 let mut tx: DevMapHash<&mut MapData> = DevMapHash::try_from(map)?;
-                for &(port, _) in ports {
+                for &(port, _, _) in ports {
                     tx.insert(port, port, None, 0)?;
                 }
             }
@@ -634,7 +866,7 @@ impl Hook {
                     .map_mut(map_names::ATTACHMENTS)
                     .context("ATTACHMENTS")?;
                 let mut att: HashMap<&mut MapData, u32, Attachment> = HashMap::try_from(map)?;
-                for &(port, dev) in ports {
+                for &(port, dev, role) in ports {
                     let mut name = [0u8; 16];
                     name[..dev.len()].copy_from_slice(dev.as_bytes());
                     let record = Attachment {
@@ -642,7 +874,7 @@ impl Hook {
                         datapath: ATT_DATAPATH_TC,
                         mode: ATT_MODE_TCX,
                         prep_flags: 0,
-                        role: 0,
+                        role,
                         name,
                     };
                     att.insert(port, record, 0)?;
@@ -694,6 +926,41 @@ fn ip(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Runs `commands` (one `ip` command each, without the `ip`) in one `ip -batch` process, which
+/// stops at the first that fails.
+fn ip_batch(commands: &[String]) -> Result<()> {
+    use std::io::Write as _;
+    let mut child = Command::new("ip")
+        .args(["-batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running ip -batch")?;
+    child
+        .stdin
+        .take()
+        .context("ip -batch stdin")?
+        .write_all(commands.join("\n").as_bytes())?;
+    let out = child.wait_with_output()?;
+    ensure!(
+        out.status.success(),
+        "ip -batch: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// Writes a sysctl of the calling thread's network namespace (`/proc/sys/net` resolves in the
+/// namespace of the task that opens it).
+fn sysctl(path: &str, value: &str) -> Result<()> {
+    std::fs::write(format!("/proc/sys/{path}"), value).with_context(|| format!("sysctl {path}"))
+}
+
+fn mac_str(mac: [u8; 6]) -> String {
+    integration_tests::mac_str(mac)
+}
+
 fn ifindex(name: &str) -> Result<u32> {
     let c = std::ffi::CString::new(name)?;
     // SAFETY: valid NUL-terminated string.
@@ -720,6 +987,10 @@ struct Bench {
     b: u32,
     c: u32,
     d: u32,
+    up: u32,
+    up2: u32,
+    plain: u32,
+    no_fwd: u32,
 }
 
 /// One test run's outcome.
@@ -741,32 +1012,112 @@ enum Checked {
 }
 
 impl Bench {
-    /// Must be called inside the private namespace.
+    /// Must be called inside the private namespace. Devices: the pod veths xa, xb, ya, za (pods
+    /// A, B, C and the other hook's target) and fa (forwarding off); the uplinks ua and wa (their
+    /// peers ub and wb stand for the wire); va, a routed device that is no uplink. Routes: the
+    /// remote pod prefixes (see [`RS_MESHED`] and the other sub-prefixes) via gateways with
+    /// permanent neighbour entries. Forwarding on but on fa.
     fn new(hook: Hook) -> Result<Self> {
-        ip(&["link", "add", "xa", "type", "veth", "peer", "name", "xb"])?;
-        ip(&["link", "add", "ya", "type", "veth", "peer", "name", "yb"])?;
-        ip(&["link", "add", "za", "type", "veth", "peer", "name", "zb"])?;
-        for dev in ["lo", "xa", "xb", "ya", "yb", "za", "zb"] {
-            ip(&["link", "set", dev, "up"])?;
+        let mut cmds: Vec<String> = [
+            "link add xa type veth peer name xb",
+            "link add ya type veth peer name yb",
+            "link add za type veth peer name zb",
+        ]
+        .map(String::from)
+        .to_vec();
+        for (dev, peer, mac) in [
+            ("fa", "fb", HOST_F_MAC),
+            ("ua", "ub", UP_MAC),
+            ("wa", "wb", UP2_MAC),
+            ("va", "vb", PLAIN_MAC),
+        ] {
+            cmds.push(format!(
+                "link add {dev} address {} type veth peer name {peer}",
+                mac_str(mac)
+            ));
         }
-        let (a, b, c, d) = (
-            ifindex("xa")?,
-            ifindex("xb")?,
-            ifindex("ya")?,
-            ifindex("za")?,
-        );
+        for dev in [
+            "lo", "xa", "xb", "ya", "yb", "za", "zb", "fa", "fb", "ua", "ub", "wa", "wb", "va",
+            "vb",
+        ] {
+            cmds.push(format!("link set {dev} up"));
+        }
+        // Each routed device: its address (192.168.x.1, fdx::1) and its gateway (.2, ::2).
+        for (dev, x, gw) in [
+            ("ua", 50, GW_MAC),
+            ("va", 51, PLAIN_GW_MAC),
+            ("wa", 52, GW2_MAC),
+        ] {
+            cmds.extend([
+                format!("addr add 192.168.{x}.1/24 dev {dev}"),
+                format!("addr add fd{x}::1/64 dev {dev} nodad"),
+                format!(
+                    "neigh add 192.168.{x}.2 lladdr {} dev {dev} nud permanent",
+                    mac_str(gw)
+                ),
+                format!(
+                    "neigh add fd{x}::2 lladdr {} dev {dev} nud permanent",
+                    mac_str(gw)
+                ),
+            ]);
+        }
+        let prefix = |s: u8, v6: bool| {
+            let a = remote(s, 0);
+            if v6 {
+                format!("{}/64", std::net::Ipv6Addr::from(a.v6))
+            } else {
+                format!("{}/24", std::net::Ipv4Addr::from(a.v4))
+            }
+        };
+        for v6 in [false, true] {
+            let (gw, via) = if v6 { ("fd", "::") } else { ("192.168.", ".") };
+            let whole = if v6 { "fd01::/48" } else { "10.245.0.0/16" };
+            cmds.extend([
+                format!("route add {whole} via {gw}50{via}2 dev ua"),
+                // No neighbour entry for .3 / ::3.
+                format!(
+                    "route add {} via {gw}50{via}3 dev ua",
+                    prefix(RS_NO_NEIGH, v6)
+                ),
+                format!("route add unreachable {}", prefix(RS_UNREACHABLE, v6)),
+                format!("route add blackhole {}", prefix(RS_BLACKHOLE, v6)),
+                format!(
+                    "route add {} via {gw}51{via}2 dev va",
+                    prefix(RS_VIA_PLAIN, v6)
+                ),
+                format!(
+                    "route add {} via {gw}52{via}2 dev wa",
+                    prefix(RS_VIA_UP2, v6)
+                ),
+                format!(
+                    "route add {} via {gw}50{via}2 dev ua mtu lock {ROUTE_MTU}",
+                    prefix(RS_ROUTE_MTU, v6)
+                ),
+            ]);
+        }
+        ip_batch(&cmds)?;
+        // After the devices exist: "all" is copied to every device, then fa is set apart.
+        sysctl("net/ipv4/ip_forward", "1")?;
+        sysctl("net/ipv6/conf/all/forwarding", "1")?;
+        sysctl("net/ipv4/conf/fa/forwarding", "0")?;
+        sysctl("net/ipv6/conf/fa/forwarding", "0")?;
         ensure!(ifindex("lo")? == 1, "loopback is not ifindex 1");
 
         let mut ebpf = Ebpf::load(EBPF_OBJECT).context("loading the eBPF object")?;
-        hook.load(&mut ebpf)?;
+        hook.load(&mut ebpf, Side::Pod)?;
+        hook.load(&mut ebpf, Side::Uplink)?;
 
         let mut bench = Self {
             hook,
             ebpf,
-            a,
-            b,
-            c,
-            d,
+            a: ifindex("xa")?,
+            b: ifindex("xb")?,
+            c: ifindex("ya")?,
+            d: ifindex("za")?,
+            up: ifindex("ua")?,
+            up2: ifindex("wa")?,
+            plain: ifindex("va")?,
+            no_fwd: ifindex("fa")?,
         };
         bench.fill_maps()?;
         Ok(bench)
@@ -780,6 +1131,10 @@ impl Bench {
             Port::C => self.c,
             Port::D => self.d,
             Port::Fake => FAKE_IFINDEX,
+            Port::Up => self.up,
+            Port::Up2 => self.up2,
+            Port::Plain => self.plain,
+            Port::NoFwd => self.no_fwd,
         }
     }
 
@@ -815,13 +1170,93 @@ impl Bench {
                 trie.insert(&Key::new(128, v6(*n)), ep, 0)?;
             }
         }
-        let own = [(self.a, "xa"), (self.b, "xb"), (self.c, "ya")];
-        let other = [(self.d, "za")];
+        // The pod veths, then the uplinks as `xdp-ctl attach --uplink` registers them: ua a
+        // `TX_PORTS` member (XDP-attached), wa none (as if TC-attached); both in `ATTACHMENTS`
+        // with the uplink role (TC).
+        let mut own = vec![
+            (self.a, "xa", ATT_ROLE_POD),
+            (self.b, "xb", ATT_ROLE_POD),
+            (self.c, "ya", ATT_ROLE_POD),
+            (self.up, "ua", ATT_ROLE_UPLINK),
+        ];
+        if self.hook == Hook::Tc {
+            own.push((self.up2, "wa", ATT_ROLE_UPLINK));
+        }
+        let other = [(self.d, "za", ATT_ROLE_POD)];
         for hook in Hook::ALL {
-            let ports: &[(u32, &str)] = if hook == self.hook { &own } else { &other };
+            let ports: &[(u32, &str, u8)] = if hook == self.hook { &own } else { &other };
             hook.register_targets(&mut self.ebpf, ports)?;
         }
+        self.fill_cross_node_maps()
+    }
+
+    /// `UPLINKS` (ua, wa) and the remote prefixes (`REMOTE_V4`, `REMOTE_V6`).
+    fn fill_cross_node_maps(&mut self) -> Result<()> {
+        {
+            let map = self.ebpf.map_mut(map_names::UPLINKS).context("UPLINKS")?;
+            let mut uplinks: HashMap<&mut MapData, u32, Uplink> = HashMap::try_from(map)?;
+            for (ifindex, mac) in [(self.up, UP_MAC), (self.up2, UP2_MAC)] {
+                uplinks.insert(ifindex, Uplink { mac, pad: [0; 2] }, 0)?;
+            }
+        }
+        let meshed = |uplink| Remote {
+            flags: REMOTE_F_MESHED,
+            uplink,
+        };
+        // (sub-prefix or the whole, value)
+        let prefixes = [
+            (None, meshed(0)),
+            (
+                Some(RS_EXCEPTION),
+                Remote {
+                    flags: 0,
+                    uplink: 0,
+                },
+            ),
+            (Some(RS_NAMES_UP2), meshed(self.up2)),
+            (Some(RS_NAMES_UP), meshed(self.up)),
+        ];
+        {
+            let map = self
+                .ebpf
+                .map_mut(map_names::REMOTE_V4)
+                .context("REMOTE_V4")?;
+            let mut trie: LpmTrie<&mut MapData, [u8; 4], Remote> = LpmTrie::try_from(map)?;
+            for (s, value) in &prefixes {
+                let key = match s {
+                    None => Key::new(16, remote(0, 0).v4),
+                    Some(s) => Key::new(24, remote(*s, 0).v4),
+                };
+                trie.insert(&key, value, 0)?;
+            }
+        }
+        let map = self
+            .ebpf
+            .map_mut(map_names::REMOTE_V6)
+            .context("REMOTE_V6")?;
+        let mut trie: LpmTrie<&mut MapData, [u8; 16], Remote> = LpmTrie::try_from(map)?;
+        for (s, value) in &prefixes {
+            let key = match s {
+                None => Key::new(48, remote(0, 0).v6),
+                Some(s) => Key::new(64, remote(*s, 0).v6),
+            };
+            trie.insert(&key, value, 0)?;
+        }
         Ok(())
+    }
+
+    /// Whether `socket` is in `KERNEL_SOCKETS`.
+    fn kernel_socket(&self, socket: &SocketKey) -> Result<bool> {
+        let map = self
+            .ebpf
+            .map(map_names::KERNEL_SOCKETS)
+            .context("KERNEL_SOCKETS")?;
+        let sockets: HashMap<&MapData, SocketKey, u32> = HashMap::try_from(map)?;
+        match sockets.get(socket, 0) {
+            Ok(_) => Ok(true),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Per-reason totals, summed over CPUs.
@@ -840,17 +1275,18 @@ impl Bench {
             .collect()
     }
 
-    /// Runs `frame` once as if received on `ingress`.
-    fn run(&self, frame: &[u8], ingress: u32) -> Result<Outcome> {
-        self.run_with_ctx(frame, &self.hook.ctx_in(frame, ingress)?)
+    /// Runs `frame` once through the program of `side`, as if received on `ingress`.
+    fn run(&self, side: Side, frame: &[u8], ingress: u32) -> Result<Outcome> {
+        self.run_with_ctx(side, frame, &self.hook.ctx_in(frame, ingress)?)
     }
 
-    /// Runs `frame` once with the test-run context `ctx`.
-    fn run_with_ctx(&self, frame: &[u8], ctx: &[u8]) -> Result<Outcome> {
+    /// Runs `frame` once through the program of `side` with the test-run context `ctx`.
+    fn run_with_ctx(&self, side: Side, frame: &[u8], ctx: &[u8]) -> Result<Outcome> {
         let before = self.counters()?;
         let mut data_out = vec![0u8; frame.len() + 256];
         let result = self.hook.test_run(
             &self.ebpf,
+            side,
             TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut data_out),
@@ -876,13 +1312,45 @@ impl Bench {
         })
     }
 
+    /// What `case` must give: its counter's reason, the action and the output frame.
+    fn expected(&self, case: &Case) -> (Reason, u32, Vec<u8>) {
+        let macs = match case.expect {
+            Expect::Pass(r) => return (r, self.hook.pass_action(), case.frame.clone()),
+            Expect::Redirect(n) => {
+                let ep = endpoint_spec(n);
+                Macs {
+                    dst: ep.pod_mac,
+                    src: ep.host_mac,
+                }
+            }
+            Expect::Out(macs) => macs,
+        };
+        (
+            Reason::Redirected,
+            self.hook.redirect_action(),
+            rewritten(&case.frame, macs),
+        )
+    }
+
     /// Runs one case and compares everything.
     fn check(&self, case: &Case) -> Result<Checked> {
         let failed = |problems: &str| {
             Checked::Failed(format!("{}/{}:{problems}", self.hook.name(), case.name))
         };
         let before = self.counters()?;
-        let out = match self.run(&case.frame, self.ifindex(case.ingress)) {
+        let socket = match case.marks {
+            Some(_) => {
+                let socket = source_socket(&case.frame)?;
+                if self.kernel_socket(&socket)? {
+                    return Ok(failed(
+                        "\n    its source socket is in KERNEL_SOCKETS before the run",
+                    ));
+                }
+                Some(socket)
+            }
+            None => None,
+        };
+        let out = match self.run(case.side, &case.frame, self.ifindex(case.ingress)) {
             Ok(out) => out,
             // Only a refusal the kernel documents, and only if it is exactly that: EINVAL and
             // nothing counted. A kernel that accepts the frame gets the full check below.
@@ -905,14 +1373,7 @@ impl Bench {
             }
             Err(e) => return Err(e),
         };
-        let (reason, action, expected_frame) = match case.expect {
-            Expect::Redirect(n) => (
-                Reason::Redirected,
-                self.hook.redirect_action(),
-                rewritten(&case.frame, endpoint_spec(n)),
-            ),
-            Expect::Pass(r) => (r, self.hook.pass_action(), case.frame.clone()),
-        };
+        let (reason, action, expected_frame) = self.expected(case);
         let mut problems = String::new();
         if out.action != action {
             let _ = write!(
@@ -921,46 +1382,22 @@ impl Bench {
                 out.action
             );
         }
-        let len = u64::try_from(case.frame.len())?;
-        let moved: Vec<String> = Reason::ALL
-            .iter()
-            .zip(&out.deltas)
-            .filter(|(_, d)| d.packets != 0 || d.bytes != 0)
-            .map(|(r, d)| format!("{} +{} pkts +{} bytes", r.name(), d.packets, d.bytes))
-            .collect();
-        let want = Counter {
-            packets: 1,
-            bytes: len,
-        };
-        let only_expected_moved = Reason::ALL.iter().zip(&out.deltas).all(|(r, d)| {
-            if *r == reason {
-                *d == want
-            } else {
-                *d == Counter::default()
-            }
-        });
-        if !only_expected_moved {
-            let _ = write!(
-                problems,
-                "\n    counters: expected only {} +1 pkts +{len} bytes, got [{}]",
-                reason.name(),
-                moved.join(", ")
-            );
+        if let Some(p) = counter_problem(reason, u64::try_from(case.frame.len())?, &out.deltas) {
+            problems.push_str(&p);
         }
         if out.data_out != expected_frame {
             let _ = write!(
                 problems,
-                "\n    frame out differs ({}):\n      expected {}\n      got      {}",
+                "\n    frame out differs ({}){}",
                 if matches!(case.expect, Expect::Pass(_)) {
                     "a pass must leave the frame unchanged"
                 } else {
                     "redirect rewrite"
                 },
-                hex(&expected_frame),
-                hex(&out.data_out)
+                frame_diff(&expected_frame, &out.data_out)
             );
         }
-        if matches!(case.expect, Expect::Redirect(_))
+        if !matches!(case.expect, Expect::Pass(_))
             && u16::from_be_bytes([case.frame[12], case.frame[13]]) == ETH_P_IP
         {
             let hlen = usize::from(case.frame[ETH_HLEN] & 0x0f) * 4;
@@ -970,6 +1407,15 @@ impl Bench {
                 .unwrap_or_default();
             if !ipv4_checksum_valid(hdr) {
                 let _ = write!(problems, "\n    IPv4 header checksum invalid after rewrite");
+            }
+        }
+        if let (Some(want), Some(socket)) = (case.marks, socket) {
+            if self.kernel_socket(&socket)? != want {
+                let _ = write!(
+                    problems,
+                    "\n    KERNEL_SOCKETS: its source socket {}",
+                    if want { "was not marked" } else { "was marked" }
+                );
             }
         }
         Ok(if problems.is_empty() {
@@ -1019,6 +1465,61 @@ impl Bench {
         }
         Ok(())
     }
+}
+
+/// Unless exactly `reason` moved, by one packet of `len` bytes, and nothing else: what moved.
+fn counter_problem(reason: Reason, len: u64, deltas: &[Counter]) -> Option<String> {
+    let want = Counter {
+        packets: 1,
+        bytes: len,
+    };
+    let only_expected_moved = Reason::ALL.iter().zip(deltas).all(|(r, d)| {
+        if *r == reason {
+            *d == want
+        } else {
+            *d == Counter::default()
+        }
+    });
+    if only_expected_moved {
+        return None;
+    }
+    let moved: Vec<String> = Reason::ALL
+        .iter()
+        .zip(deltas)
+        .filter(|(_, d)| d.packets != 0 || d.bytes != 0)
+        .map(|(r, d)| format!("{} +{} pkts +{} bytes", r.name(), d.packets, d.bytes))
+        .collect();
+    Some(format!(
+        "\n    counters: expected only {} +1 pkts +{len} bytes, got [{}]",
+        reason.name(),
+        moved.join(", ")
+    ))
+}
+
+/// Where two frames differ: both whole if short, else their lengths and the 64 bytes from the
+/// first difference on.
+fn frame_diff(expected: &[u8], got: &[u8]) -> String {
+    const WHOLE: usize = 128;
+    if expected.len() <= WHOLE && got.len() <= WHOLE {
+        return format!(
+            ":\n      expected {}\n      got      {}",
+            hex(expected),
+            hex(got)
+        );
+    }
+    let first = expected
+        .iter()
+        .zip(got)
+        .position(|(e, g)| e != g)
+        .unwrap_or_else(|| expected.len().min(got.len()));
+    let window = |f: &[u8]| hex(&f[first.min(f.len())..(first + 64).min(f.len())]);
+    format!(
+        " at byte {first} (lengths {} and {}), from there:\n      expected {}\n      got      {}",
+        expected.len(),
+        got.len(),
+        window(expected),
+        window(got)
+    )
 }
 
 fn hex(b: &[u8]) -> String {
@@ -1627,7 +2128,7 @@ fn short_ethernet_frame() {
     for_each_hook("short_ethernet_frame", |bench| {
         let hook = bench.hook.name();
         let frame = V4::udp(v4(EP_A), v4(EP_B)).frame()[..10].to_vec();
-        match bench.run(&frame, bench.a) {
+        match bench.run(Side::Pod, &frame, bench.a) {
             Err(e) => {
                 ensure!(
                     errno(&e) == Some(libc::EINVAL),
@@ -1677,6 +2178,7 @@ fn tc_skb_ctx_rules() {
         let ctx = skb_ctx(bench.a, bench.a);
         let result = bench.hook.test_run(
             &bench.ebpf,
+            Side::Pod,
             TestRunOptions {
                 data_in: Some(&frame),
                 data_out: Some(&mut data_out),
@@ -1706,30 +2208,31 @@ fn tc_skb_ctx_rules() {
         );
 
         // ingress_ifindex set, device left to the default (loopback): still redirected.
-        let out = bench.run_with_ctx(&frame, &skb_ctx(0, bench.a))?;
+        let out = bench.run_with_ctx(Side::Pod, &frame, &skb_ctx(0, bench.a))?;
         ensure!(
             out.action == TC_ACT_REDIRECT && only(&out, Reason::Redirected),
             "ingress_ifindex = xa, ifindex 0: action {}, expected a redirect",
             out.action
         );
         // Device xa but ingress_ifindex 0: the program sees ingress 0, the source is spoofed.
-        let out = bench.run_with_ctx(&frame, &skb_ctx(bench.a, 0))?;
+        let out = bench.run_with_ctx(Side::Pod, &frame, &skb_ctx(bench.a, 0))?;
         ensure!(
             out.action == TC_ACT_OK && only(&out, Reason::SrcMismatch),
             "ifindex = xa, ingress_ifindex 0: action {}, expected a src_mismatch pass",
             out.action
         );
 
-        let rejected = |ctx: &[u8], want: i32, what: &str| match bench.run_with_ctx(&frame, ctx) {
-            Ok(out) => bail!("{what}: accepted (action {})", out.action),
-            Err(e) => {
-                ensure!(
-                    errno(&e) == Some(want),
-                    "{what}: {e:#}, expected errno {want}"
-                );
-                Ok(())
-            }
-        };
+        let rejected =
+            |ctx: &[u8], want: i32, what: &str| match bench.run_with_ctx(Side::Pod, &frame, ctx) {
+                Ok(out) => bail!("{what}: accepted (action {})", out.action),
+                Err(e) => {
+                    ensure!(
+                        errno(&e) == Some(want),
+                        "{what}: {e:#}, expected errno {want}"
+                    );
+                    Ok(())
+                }
+            };
         rejected(
             &skb_ctx(FAKE_IFINDEX, bench.a),
             libc::ENODEV,
@@ -1882,7 +2385,9 @@ fn tcp_case(v6: bool, name: &str, src: u8, dst: u8, seg: Vec<u8>, expect: Expect
         name: format!("{fam} {name}"),
         frame: l4_frame(v6, src, dst, IPPROTO_TCP, seg),
         ingress: port_of(src),
+        side: Side::Pod,
         expect,
+        marks: None,
     }
 }
 
@@ -2078,7 +2583,9 @@ fn tcp_flow_cases(v6: bool) -> Vec<Case> {
                 tcp_seg(47000, 8080, TCP_SYN, 1, 0)[..10].to_vec(),
             ),
             ingress: Port::A,
+            side: Side::Pod,
             expect: Pass(Reason::Malformed),
+            marks: None,
         },
     ]
 }
@@ -2100,7 +2607,9 @@ fn flow_cases() -> Vec<Case> {
             name: format!("{fam} {name}"),
             frame: l4_frame(v6, src, dst, proto, payload),
             ingress: port_of(src),
+            side: Side::Pod,
             expect,
+            marks: None,
         };
         cases.extend([
             // UDP: A's socket 45000 asks a Service VIP (no endpoint; the kernel DNATs it), so
@@ -2537,6 +3046,7 @@ fn monitor_events_filters_and_cost() {
             let mut out = vec![0u8; case.frame.len() + 256];
             let r = bench.hook.test_run(
                 &bench.ebpf,
+                Side::Pod,
                 TestRunOptions {
                     data_in: Some(&case.frame),
                     data_out: Some(&mut out),
@@ -2549,7 +3059,7 @@ fn monitor_events_filters_and_cost() {
         };
 
         // Off: nothing emitted, nothing counted.
-        let out = bench.run(&case.frame, ingress)?;
+        let out = bench.run(Side::Pod, &case.frame, ingress)?;
         ensure!(out.action == bench.hook.redirect_action(), "not redirected");
         ensure!(
             events()?.is_empty() && stats()? == [0; 3],
@@ -2565,7 +3075,7 @@ fn monitor_events_filters_and_cost() {
             ..MonitorConfig::default()
         };
         set(&on)?;
-        bench.run(&case.frame, ingress)?;
+        bench.run(Side::Pod, &case.frame, ingress)?;
         let got = events()?;
         ensure!(got.len() == 1, "{} events for one packet", got.len());
         let e = got[0];
@@ -2593,17 +3103,17 @@ fn monitor_events_filters_and_cost() {
         other_ip.family = u32::from(common::FAMILY_V4);
         other_ip.addr[..4].copy_from_slice(&[192, 0, 2, 1]);
         set(&other_ip)?;
-        bench.run(&case.frame, ingress)?;
+        bench.run(Side::Pod, &case.frame, ingress)?;
         let mut other_reason = on;
         other_reason.reason = u32::from(Reason::NoEndpoint as u8);
         set(&other_reason)?;
-        bench.run(&case.frame, ingress)?;
+        bench.run(Side::Pod, &case.frame, ingress)?;
         ensure!(events()?.is_empty(), "filtered packets emitted");
         let mut same_ip = on;
         same_ip.family = u32::from(common::FAMILY_V4);
         same_ip.addr[..4].copy_from_slice(&v4(EP_B));
         set(&same_ip)?;
-        bench.run(&case.frame, ingress)?;
+        bench.run(Side::Pod, &case.frame, ingress)?;
         ensure!(
             events()?.len() == 1,
             "--ip of the destination shows nothing"
@@ -2640,4 +3150,737 @@ fn monitor_events_filters_and_cost() {
         );
         Ok(())
     });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Across nodes: a meshed local pod's packets for a meshed remote pod leave through the uplink the
+// FIB names (pod programs), and a meshed remote pod's packets for a meshed local pod go from the
+// uplink straight into the pod (uplink programs). The bench's routing: see `Bench::new`.
+
+const IPPROTO_IPIP: u8 = 4;
+const IPPROTO_IPV6_IN_IP: u8 = 41;
+
+/// Builds the cross-node cases of one address family.
+#[derive(Clone, Copy)]
+struct Xnode {
+    v6: bool,
+}
+
+impl Xnode {
+    const BOTH: [Self; 2] = [Self { v6: false }, Self { v6: true }];
+
+    fn name(self, name: &str) -> String {
+        format!("{} {name}", if self.v6 { "v6" } else { "v4" })
+    }
+
+    /// A frame carrying `proto` / `payload` from `src` to `dst`, with `macs`, TTL / hop limit 64.
+    fn frame(self, src: At, dst: At, proto: u8, payload: Vec<u8>, macs: Macs) -> Vec<u8> {
+        let (ethertype, ip) = if self.v6 {
+            (ETH_P_IPV6, V6::new(proto, payload, src.v6, dst.v6).bytes())
+        } else {
+            let p = V4 {
+                proto,
+                payload,
+                ..V4::udp(src.v4, dst.v4)
+            };
+            (ETH_P_IP, p.bytes())
+        };
+        frame::ethernet(macs.dst, macs.src, ethertype, &ip)
+    }
+
+    /// Sent from address `src` by endpoint `on`'s pod (to its host veth's MAC), through the pod
+    /// program on that veth.
+    fn pod_as(
+        self,
+        name: &str,
+        src: At,
+        on: u8,
+        dst: At,
+        (proto, payload): (u8, Vec<u8>),
+        expect: Expect,
+    ) -> Case {
+        Case {
+            name: self.name(name),
+            frame: self.frame(src, dst, proto, payload, from_pod(on)),
+            ingress: port_of(on),
+            side: Side::Pod,
+            expect,
+            marks: None,
+        }
+    }
+
+    /// Sent by endpoint `src`'s pod, through the pod program on its host veth.
+    fn pod(self, name: &str, src: u8, dst: At, l4: (u8, Vec<u8>), expect: Expect) -> Case {
+        self.pod_as(name, pod(src), src, dst, l4, expect)
+    }
+
+    /// From the wire (ua's gateway to ua's MAC), through the uplink program on ua.
+    fn wire(
+        self,
+        name: &str,
+        src: At,
+        dst: At,
+        (proto, payload): (u8, Vec<u8>),
+        expect: Expect,
+    ) -> Case {
+        Case {
+            name: self.name(name),
+            frame: self.frame(src, dst, proto, payload, FROM_WIRE),
+            ingress: Port::Up,
+            side: Side::Uplink,
+            expect,
+            marks: None,
+        }
+    }
+
+    fn udp(sport: u16, dport: u16) -> (u8, Vec<u8>) {
+        (IPPROTO_UDP, udp_ports(sport, dport))
+    }
+
+    fn tcp(sport: u16, dport: u16, flags: u8, seq: u32, ack: u32) -> (u8, Vec<u8>) {
+        (IPPROTO_TCP, tcp_seg(sport, dport, flags, seq, ack))
+    }
+
+    /// An ICMP / ICMPv6 echo request or reply.
+    fn echo(self, request: bool, id: u16) -> (u8, Vec<u8>) {
+        let (proto, t) = match (self.v6, request) {
+            (false, true) => (IPPROTO_ICMP, 8),
+            (false, false) => (IPPROTO_ICMP, 0),
+            (true, true) => (IPPROTO_ICMPV6, 128),
+            (true, false) => (IPPROTO_ICMPV6, 129),
+        };
+        (proto, icmp_msg(t, id))
+    }
+
+    /// A UDP datagram making an IP packet of `l3` bytes.
+    fn udp_l3(self, l3: usize) -> (u8, Vec<u8>) {
+        let hdr = if self.v6 { 40 } else { 20 };
+        let mut u = udp(&vec![0x5a; l3 - hdr - 8]);
+        u[0..2].copy_from_slice(&48_000u16.to_be_bytes());
+        (IPPROTO_UDP, u)
+    }
+}
+
+/// The pod programs (ingress: a meshed local pod's veth) towards remote pods.
+#[expect(clippy::too_many_lines, reason = "a table of cases, one per line")]
+fn pod_to_remote_cases(hook: Hook) -> Vec<Case> {
+    use Expect::{Out, Pass};
+    let mut cases = Vec::new();
+    for x in Xnode::BOTH {
+        let r = remote(RS_MESHED, 5);
+        let udp = || Xnode::udp(40_000, 5_201);
+        cases.extend([
+            x.pod("udp a->remote", EP_A, r, udp(), Out(VIA_UP)),
+            x.pod("udp c->remote (another veth)", EP_C, r, udp(), Out(VIA_UP)),
+            x.pod(
+                "udp to a prefix naming this uplink",
+                EP_A,
+                remote(RS_NAMES_UP, 5),
+                udp(),
+                Out(VIA_UP),
+            ),
+            x.pod("ttl 2", EP_A, r, udp(), Out(VIA_UP)).ttl(2),
+            x.pod("ttl 255", EP_A, r, udp(), Out(VIA_UP)).ttl(255),
+            x.pod("echo request", EP_A, r, x.echo(true, 3), Out(VIA_UP)),
+            // XDP redirects only to a TX_PORTS member: wa is none (an uplink attached with TC).
+            x.pod(
+                "via an uplink that is no XDP redirect target",
+                EP_A,
+                remote(RS_VIA_UP2, 5),
+                udp(),
+                match hook {
+                    Hook::Xdp => Pass(Reason::TxPortMissing),
+                    Hook::Tc => Out(VIA_UP2),
+                },
+            ),
+            // The uplink's MTU, and a route's (locked) MTU below it: exact.
+            x.pod(
+                "l3 = uplink mtu",
+                EP_A,
+                r,
+                x.udp_l3(UPLINK_MTU),
+                Out(VIA_UP),
+            ),
+            x.pod(
+                "l3 = uplink mtu + 1",
+                EP_A,
+                r,
+                x.udp_l3(UPLINK_MTU + 1),
+                Pass(Reason::MtuExceeded),
+            ),
+            x.pod(
+                "l3 = uplink mtu + 4",
+                EP_A,
+                r,
+                x.udp_l3(UPLINK_MTU + 4),
+                Pass(Reason::MtuExceeded),
+            ),
+            x.pod(
+                "l3 = route mtu",
+                EP_A,
+                remote(RS_ROUTE_MTU, 5),
+                x.udp_l3(ROUTE_MTU),
+                Out(VIA_UP),
+            ),
+            x.pod(
+                "l3 = route mtu + 1",
+                EP_A,
+                remote(RS_ROUTE_MTU, 5),
+                x.udp_l3(ROUTE_MTU + 1),
+                Pass(Reason::MtuExceeded),
+            ),
+            // The remote prefixes.
+            x.pod(
+                "to a remote exception (not meshed)",
+                EP_A,
+                remote(RS_EXCEPTION, 5),
+                udp(),
+                Pass(Reason::NotMeshed),
+            ),
+            x.pod(
+                "udp to neither a local nor a remote pod",
+                EP_A,
+                EXTERNAL,
+                Xnode::udp(45_000, 53),
+                Pass(Reason::NoEndpoint),
+            )
+            .marks(true),
+            x.pod(
+                "tcp to neither a local nor a remote pod",
+                EP_A,
+                EXTERNAL,
+                Xnode::tcp(45_000, 443, TCP_SYN, 1, 0),
+                Pass(Reason::NoEndpoint),
+            ),
+            // What the FIB says.
+            x.pod(
+                "gateway without a neighbour entry",
+                EP_A,
+                remote(RS_NO_NEIGH, 5),
+                udp(),
+                Pass(Reason::NoNeighbour),
+            )
+            .marks(false),
+            x.pod(
+                "unreachable route",
+                EP_A,
+                remote(RS_UNREACHABLE, 5),
+                udp(),
+                Pass(Reason::NoRoute),
+            ),
+            x.pod(
+                "blackhole route",
+                EP_A,
+                remote(RS_BLACKHOLE, 5),
+                udp(),
+                Pass(Reason::NoRoute),
+            ),
+            x.pod(
+                "forwarding disabled on the ingress",
+                EP_NO_FWD,
+                r,
+                udp(),
+                Pass(Reason::NoRoute),
+            ),
+            x.pod(
+                "route through a device that is no uplink",
+                EP_A,
+                remote(RS_VIA_PLAIN, 5),
+                udp(),
+                Pass(Reason::NotUplink),
+            ),
+            x.pod(
+                "prefix naming another uplink than the route's",
+                EP_A,
+                remote(RS_NAMES_UP2, 5),
+                udp(),
+                Pass(Reason::NotUplink),
+            ),
+            // The source, as for local traffic.
+            x.pod(
+                "unmeshed source",
+                EP_A_UNMESHED,
+                r,
+                udp(),
+                Pass(Reason::NotMeshed),
+            ),
+            x.pod_as(
+                "source behind another veth (spoofed)",
+                pod(EP_B2),
+                EP_A,
+                r,
+                udp(),
+                Pass(Reason::SrcMismatch),
+            ),
+            x.pod_as(
+                "source not an endpoint",
+                pod(NOT_EP),
+                EP_A,
+                r,
+                udp(),
+                Pass(Reason::SrcMismatch),
+            ),
+            x.pod_as(
+                "source a remote pod (spoofed)",
+                remote(RS_MESHED, 6),
+                EP_A,
+                r,
+                udp(),
+                Pass(Reason::SrcMismatch),
+            ),
+            x.pod(
+                "not to the host veth MAC",
+                EP_A,
+                r,
+                udp(),
+                Pass(Reason::NotToHost),
+            )
+            .addressed_to(UP_MAC),
+            x.pod("ttl 1", EP_A, r, udp(), Pass(Reason::TtlExpired))
+                .ttl(1),
+        ]);
+    }
+    cases
+}
+
+#[test]
+#[ignore = "needs root: run scripts/test.sh"]
+fn cross_node_pod_to_remote_pods() {
+    for_each_hook("cross_node_pod_to_remote_pods", |bench| {
+        bench.check_all(&pod_to_remote_cases(bench.hook))
+    });
+}
+
+/// The uplink programs (ingress: the uplink ua, unless a case says otherwise).
+#[expect(clippy::too_many_lines, reason = "a table of cases, one per line")]
+fn from_the_uplink_cases() -> Vec<Case> {
+    use Expect::{Pass, Redirect};
+    let mut cases = Vec::new();
+    for x in Xnode::BOTH {
+        let r = remote(RS_MESHED, 5);
+        let a = pod(EP_A);
+        let udp = || Xnode::udp(5_201, 40_000);
+        cases.extend([
+            x.wire("udp remote->a", r, a, udp(), Redirect(EP_A)),
+            x.wire(
+                "udp remote->c (MACs from the destination entry)",
+                r,
+                pod(EP_C),
+                udp(),
+                Redirect(EP_C),
+            ),
+            x.wire(
+                "from a prefix naming this uplink",
+                remote(RS_NAMES_UP, 5),
+                a,
+                udp(),
+                Redirect(EP_A),
+            ),
+            x.wire("ttl 2", r, a, udp(), Redirect(EP_A)).ttl(2),
+            x.wire(
+                "udp to a pod's port 4789 (not an overlay)",
+                r,
+                a,
+                Xnode::udp(5_201, 4_789),
+                Redirect(EP_A),
+            ),
+            x.wire(
+                "on the other uplink, to its MAC",
+                r,
+                a,
+                udp(),
+                Redirect(EP_A),
+            )
+            .uplink(Port::Up2)
+            .addressed_to(UP2_MAC),
+            // The destination.
+            x.wire(
+                "to an unmeshed pod",
+                r,
+                pod(EP_B_UNMESHED),
+                udp(),
+                Pass(Reason::NotMeshed),
+            ),
+            x.wire(
+                "to a pod whose veth is no redirect target",
+                r,
+                pod(EP_NO_TX),
+                udp(),
+                Pass(Reason::TxPortMissing),
+            ),
+            x.wire(
+                "to a pod registered only in the other hook's map",
+                r,
+                pod(EP_OTHER_HOOK),
+                udp(),
+                Pass(Reason::TxPortMissing),
+            ),
+            x.wire(
+                "to an endpoint whose interface is an uplink",
+                r,
+                pod(EP_ON_UPLINK),
+                udp(),
+                Pass(Reason::TxPortMissing),
+            ),
+            // Spoofed or unmeshed sources.
+            x.wire(
+                "source a local pod's address",
+                pod(EP_B),
+                a,
+                udp(),
+                Pass(Reason::SrcMismatch),
+            ),
+            x.wire(
+                "source outside any remote prefix",
+                EXTERNAL,
+                a,
+                udp(),
+                Pass(Reason::NotMeshed),
+            ),
+            x.wire(
+                "source in a remote exception",
+                remote(RS_EXCEPTION, 5),
+                a,
+                udp(),
+                Pass(Reason::NotMeshed),
+            ),
+            x.wire(
+                "source in a prefix naming another uplink",
+                remote(RS_NAMES_UP2, 5),
+                a,
+                udp(),
+                Pass(Reason::SrcMismatch),
+            ),
+            x.wire(
+                "source in a prefix naming ua, on wa",
+                remote(RS_NAMES_UP, 5),
+                a,
+                udp(),
+                Pass(Reason::SrcMismatch),
+            )
+            .uplink(Port::Up2)
+            .addressed_to(UP2_MAC),
+            x.wire(
+                "on a device that is no uplink",
+                r,
+                a,
+                udp(),
+                Pass(Reason::NotUplink),
+            )
+            .uplink(Port::Plain)
+            .addressed_to(PLAIN_MAC),
+            x.wire(
+                "not to the uplink's MAC (the other uplink's)",
+                r,
+                a,
+                udp(),
+                Pass(Reason::NotToHost),
+            )
+            .addressed_to(UP2_MAC),
+            x.wire(
+                "not to the uplink's MAC (the pod's)",
+                r,
+                a,
+                udp(),
+                Pass(Reason::NotToHost),
+            )
+            .addressed_to(POD_A_MAC),
+            x.wire("ttl 1", r, a, udp(), Pass(Reason::TtlExpired))
+                .ttl(1),
+            x.wire("ttl 0", r, a, udp(), Pass(Reason::TtlExpired))
+                .ttl(0),
+            // Overlays stay on the kernel path.
+            x.wire(
+                "ip in ip between nodes",
+                PEER_NODE,
+                NODE,
+                (IPPROTO_IPIP, vec![0x45; 40]),
+                Pass(Reason::Encapsulated),
+            ),
+            x.wire(
+                "ipv6 in ip between nodes",
+                PEER_NODE,
+                NODE,
+                (IPPROTO_IPV6_IN_IP, vec![0x60; 60]),
+                Pass(Reason::Encapsulated),
+            ),
+            x.wire(
+                "gre between nodes",
+                PEER_NODE,
+                NODE,
+                (IPPROTO_GRE, vec![0, 0, 0x08, 0, 0x45, 0]),
+                Pass(Reason::Encapsulated),
+            ),
+            x.wire(
+                "ip in ip from a remote pod to a local pod",
+                r,
+                a,
+                (IPPROTO_IPIP, vec![0x45; 40]),
+                Pass(Reason::Encapsulated),
+            ),
+        ]);
+        for port in [4_789, 8_472, 6_081, 51_820, 51_871] {
+            cases.push(x.wire(
+                &format!("udp to port {port} of a node"),
+                PEER_NODE,
+                NODE,
+                Xnode::udp(40_000, port),
+                Pass(Reason::Encapsulated),
+            ));
+        }
+        cases.extend([
+            // The flow rule.
+            x.wire(
+                "tcp ack without a flow",
+                r,
+                a,
+                Xnode::tcp(8_080, 41_000, TCP_ACK, 1, 1),
+                Pass(Reason::FlowNotSeen),
+            ),
+            x.wire(
+                "echo reply without a request",
+                r,
+                a,
+                x.echo(false, 3),
+                Pass(Reason::FlowNotSeen),
+            ),
+            // To a node port: the kernel's (it may DNAT it to a local pod, whose answers must
+            // meet the reverse NAT: a meshed remote pod's socket is marked).
+            x.wire(
+                "udp from a meshed remote pod to a node port",
+                r,
+                NODE,
+                Xnode::udp(5_353, 30_080),
+                Pass(Reason::NoEndpoint),
+            )
+            .marks(true),
+            x.wire(
+                "udp from a remote exception to a node port",
+                remote(RS_EXCEPTION, 5),
+                NODE,
+                Xnode::udp(5_353, 30_080),
+                Pass(Reason::NoEndpoint),
+            )
+            .marks(false),
+            x.wire(
+                "udp from outside any remote prefix to a node port",
+                EXTERNAL,
+                NODE,
+                Xnode::udp(5_353, 30_080),
+                Pass(Reason::NoEndpoint),
+            )
+            .marks(false),
+            x.wire(
+                "tcp syn from a meshed remote pod to a node port",
+                r,
+                NODE,
+                Xnode::tcp(41_000, 30_080, TCP_SYN, 1, 0),
+                Pass(Reason::NoEndpoint),
+            ),
+        ]);
+    }
+    cases
+}
+
+#[test]
+#[ignore = "needs root: run scripts/test.sh"]
+fn cross_node_from_the_uplink() {
+    run_cases("cross_node_from_the_uplink", from_the_uplink_cases);
+}
+
+/// Flows and UDP sockets across nodes, through both programs in turn: cases run in order on one
+/// bench, so each sees the `FLOWS` and `KERNEL_SOCKETS` the cases before it left.
+#[expect(clippy::too_many_lines, reason = "a table of cases, one per line")]
+fn cross_node_flow_cases() -> Vec<Case> {
+    use Expect::{Out, Pass, Redirect};
+    let mut cases = Vec::new();
+    for x in Xnode::BOTH {
+        let r = remote(RS_MESHED, 5);
+        let a = pod(EP_A);
+        let out = |name: &str, l4, expect| x.pod(name, EP_A, r, l4, expect);
+        let back = |name: &str, l4, expect| x.wire(name, r, a, l4, expect);
+        let tcp = Xnode::tcp;
+        let unseen = || Pass(Reason::FlowNotSeen);
+        cases.extend([
+            // A connection from the local pod, through its close.
+            back("ack, no flow", tcp(8_080, 41_000, TCP_ACK, 1, 1), unseen()),
+            out(
+                "syn starts a flow",
+                tcp(41_000, 8_080, TCP_SYN, 1_000, 0),
+                Out(VIA_UP),
+            ),
+            back(
+                "syn-ack answering it",
+                tcp(8_080, 41_000, TCP_SYN | TCP_ACK, 5_000, 1_001),
+                Redirect(EP_A),
+            ),
+            out(
+                "ack",
+                tcp(41_000, 8_080, TCP_ACK, 1_001, 5_001),
+                Out(VIA_UP),
+            ),
+            out(
+                "data",
+                tcp(41_000, 8_080, TCP_ACK | TCP_PSH, 1_001, 5_001),
+                Out(VIA_UP),
+            ),
+            back(
+                "reply data",
+                tcp(8_080, 41_000, TCP_ACK | TCP_PSH, 5_001, 1_030),
+                Redirect(EP_A),
+            ),
+            back(
+                "retransmitted syn-ack",
+                tcp(8_080, 41_000, TCP_SYN | TCP_ACK, 5_000, 1_001),
+                Redirect(EP_A),
+            ),
+            out(
+                "fin",
+                tcp(41_000, 8_080, TCP_FIN | TCP_ACK, 1_030, 5_030),
+                Out(VIA_UP),
+            ),
+            back(
+                "fin back",
+                tcp(8_080, 41_000, TCP_FIN | TCP_ACK, 5_030, 1_031),
+                Redirect(EP_A),
+            ),
+            back(
+                "rst ends the flow",
+                tcp(8_080, 41_000, TCP_RST | TCP_ACK, 5_031, 1_031),
+                Redirect(EP_A),
+            ),
+            out(
+                "after the rst",
+                tcp(41_000, 8_080, TCP_ACK, 1_031, 5_031),
+                unseen(),
+            ),
+            // A connection from the remote pod.
+            back(
+                "remote syn starts a flow",
+                tcp(42_000, 8_080, TCP_SYN, 70, 0),
+                Redirect(EP_A),
+            ),
+            out(
+                "syn-ack to the remote syn",
+                tcp(8_080, 42_000, TCP_SYN | TCP_ACK, 900, 71),
+                Out(VIA_UP),
+            ),
+            back(
+                "its ack",
+                tcp(42_000, 8_080, TCP_ACK, 71, 901),
+                Redirect(EP_A),
+            ),
+            // A SYN-ACK that answers another SYN (the ports reused by a connection the program
+            // did not see start): that connection is the kernel's.
+            out(
+                "syn, port 43000",
+                tcp(43_000, 8_080, TCP_SYN, 7_000, 0),
+                Out(VIA_UP),
+            ),
+            back(
+                "syn-ack to another syn",
+                tcp(8_080, 43_000, TCP_SYN | TCP_ACK, 9, 12_345),
+                unseen(),
+            ),
+            out(
+                "data after it",
+                tcp(43_000, 8_080, TCP_ACK, 12_345, 10),
+                unseen(),
+            ),
+            // A SYN the kernel took (no neighbour yet) leaves no flow: its answer is the
+            // kernel's too.
+            x.pod(
+                "syn via a gateway without a neighbour",
+                EP_A,
+                remote(RS_NO_NEIGH, 5),
+                tcp(44_000, 8_080, TCP_SYN, 1, 0),
+                Pass(Reason::NoNeighbour),
+            ),
+            x.wire(
+                "its syn-ack",
+                remote(RS_NO_NEIGH, 5),
+                a,
+                tcp(8_080, 44_000, TCP_SYN | TCP_ACK, 1, 2),
+                unseen(),
+            ),
+            // A spoofed SYN from the wire starts nothing either.
+            x.wire(
+                "syn from a source naming another uplink",
+                remote(RS_NAMES_UP2, 5),
+                a,
+                tcp(45_000, 8_080, TCP_SYN, 1, 0),
+                Pass(Reason::SrcMismatch),
+            ),
+            // ICMP echo, both ways.
+            back("echo reply, no request", x.echo(false, 7), unseen()),
+            out("echo request", x.echo(true, 7), Out(VIA_UP)),
+            back("echo reply", x.echo(false, 7), Redirect(EP_A)),
+            back("echo reply, other id", x.echo(false, 8), unseen()),
+            back("remote echo request", x.echo(true, 9), Redirect(EP_A)),
+            out("echo reply to it", x.echo(false, 9), Out(VIA_UP)),
+            // UDP: a meshed remote pod's socket that sent to a node port is the kernel's
+            // (this node's reverse NAT): the local pod's datagrams to it are left to the kernel.
+            x.wire(
+                "udp from a remote socket to a node port",
+                r,
+                NODE,
+                Xnode::udp(5_353, 30_080),
+                Pass(Reason::NoEndpoint),
+            )
+            .marks(true),
+            out(
+                "udp to that remote socket",
+                Xnode::udp(45_000, 5_353),
+                Pass(Reason::UdpKernelSocket),
+            ),
+            out(
+                "udp to another socket of that remote pod",
+                Xnode::udp(45_000, 5_354),
+                Out(VIA_UP),
+            ),
+            // A local pod's socket that sent to an address that is no pod: the remote pod's
+            // datagrams to it go to the kernel.
+            x.pod(
+                "udp from a local socket to an external address",
+                EP_A,
+                EXTERNAL,
+                Xnode::udp(46_000, 53),
+                Pass(Reason::NoEndpoint),
+            )
+            .marks(true),
+            back(
+                "udp from a remote pod to that local socket",
+                Xnode::udp(53, 46_000),
+                Pass(Reason::UdpKernelSocket),
+            ),
+            back(
+                "udp to another socket of that local pod",
+                Xnode::udp(53, 46_001),
+                Redirect(EP_A),
+            ),
+            // A pass for another reason (the FIB's) marks nothing.
+            x.pod(
+                "udp via a gateway without a neighbour",
+                EP_A,
+                remote(RS_NO_NEIGH, 5),
+                Xnode::udp(47_000, 53),
+                Pass(Reason::NoNeighbour),
+            )
+            .marks(false),
+            x.wire(
+                "udp back to that socket",
+                remote(RS_NO_NEIGH, 5),
+                a,
+                Xnode::udp(53, 47_000),
+                Redirect(EP_A),
+            ),
+        ]);
+    }
+    cases
+}
+
+#[test]
+#[ignore = "needs root: run scripts/test.sh"]
+fn cross_node_flows_and_kernel_sockets() {
+    run_cases("cross_node_flows_and_kernel_sockets", cross_node_flow_cases);
 }

@@ -170,8 +170,8 @@ pub struct Hook {
     /// The interface the frame arrived on.
     pub ingress: u32,
     pub side: Side,
-    /// `bpf_fib_lookup`'s `tot_len`: the IP length to check against the route's MTU (XDP), or
-    /// 0 to let the helper check the skb itself, per segment for GSO (TC).
+    /// `bpf_fib_lookup`'s `tot_len`: the IP length to check against the route's MTU, or 0 for
+    /// a GSO skb (TC), which the helper then lets through.
     pub fib_tot_len: u16,
 }
 

@@ -168,14 +168,22 @@ fn tc_run(ctx: &TcContext, side: Side, hook_id: u8) -> i32 {
     }
     let len = ctx.len() as usize;
     let pkt = Packet::new(ctx.data(), ctx.data_end(), len);
-    // SAFETY: reading a field of the program's own context.
-    let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    // SAFETY: reading fields of the program's own context.
+    let (ingress, gso) = unsafe { ((*ctx.skb.skb).ingress_ifindex, (*ctx.skb.skb).gso_size != 0) };
     let hook = Hook {
         ctx: ctx.skb.skb.cast(),
         ingress,
         side,
-        // 0: the helper checks the skb against the egress MTU itself, per segment for GSO.
-        fib_tot_len: 0,
+        // The IP length, checked by the FIB against the route's MTU (a locked route MTU or a
+        // learned path MTU, else the device's), as for XDP. With 0 the helper would only ask
+        // `is_skb_forwardable`, which ignores the route and lets 4 bytes more through (room for
+        // a VLAN tag). A GSO skb's length is its whole burst: 0 for it, which the helper lets
+        // through (its segments are as the sending pod's stack cut them).
+        fib_tot_len: if gso {
+            0
+        } else {
+            core::cmp::min(len.saturating_sub(ETH_HLEN), usize::from(u16::MAX)) as u16
+        },
     };
     let target_check = |ifindex: u32, to_uplink: bool| {
         // Out of an uplink: `UPLINKS` has been checked, and the FIB lookup checked the MTU,
