@@ -178,7 +178,7 @@ fn tc_run(ctx: &TcContext, side: Side, hook_id: u8) -> i32 {
         // learned path MTU, else the device's), as for XDP. With 0 the helper would only ask
         // `is_skb_forwardable`, which ignores the route and lets 4 bytes more through (room for
         // a VLAN tag). A GSO skb's length is its whole burst: 0 for it, which the helper lets
-        // through (its segments are as the sending pod's stack cut them).
+        // through; `target_check` then checks its segments against the uplink's MTU.
         fib_tot_len: if gso {
             0
         } else {
