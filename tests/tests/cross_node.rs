@@ -252,6 +252,7 @@ mod kernel {
 
 for_each_datapath!(
     fast_path_carries_cross_node_traffic_past_forward_drop,
+    a_narrower_wire_is_not_a_black_hole,
     controllers_carry_cross_node_traffic_past_forward_drop,
     non_meshed_remote_source_takes_the_kernel_path,
     spoofed_sources_on_the_wire_take_the_kernel_path,
@@ -319,6 +320,71 @@ fn fast_path_carries_cross_node_traffic_past_forward_drop(dp: Datapath) {
             b.all_stats(node)
         );
     }
+}
+
+/// The wire's MTU (1400) below the pods' (1500), FORWARD DROP on both nodes: packets too big
+/// for the uplink go to the kernel (`mtu_exceeded`: the FIB's MTU check, and for TC's GSO
+/// bursts a per-segment check), which answers "fragmentation needed" / "packet too big" to the
+/// pod (ip_forward checks the MTU before the FORWARD hook); the pod's TCP lowers its segment
+/// size and the rest of the stream takes the fast path. Every byte checked, both ways, both
+/// families. Without the checks, oversize frames are dropped at the wire (a black hole).
+fn a_narrower_wire_is_not_a_black_hole(dp: Datapath) {
+    let b = meshed(dp, 1);
+    for node in Node::BOTH {
+        let ns = b.node_ns(node);
+        integration_tests::exec_in_ok(&ns, &["ip", "link", "set", node.wire(), "mtu", "1400"]);
+        b.drop_pod_forwarding(node);
+    }
+    let before = [b.stats(N1, "mtu_exceeded").0, b.stats(N2, "mtu_exceeded").0];
+    let drops_before = [wire_drops(&b, N1), wire_drops(&b, N2)];
+    let (p1, p2) = (Pod::new(N1, 1), Pod::new(N2, 1));
+    for v6 in [false, true] {
+        for (from, to) in [(p1, p2), (p2, p1)] {
+            b.tcp_echo(from, to, v6, 1 << 20).unwrap_or_else(|e| {
+                panic!(
+                    "{dp}: {} TCP {from} -> {to} over a 1400-byte wire: {e}\nnode 1: {:?}\nnode 2: {:?}",
+                    fam(v6),
+                    b.all_stats(N1),
+                    b.all_stats(N2)
+                )
+            });
+        }
+    }
+    for (k, node) in Node::BOTH.into_iter().enumerate() {
+        let grew = b.stats(node, "mtu_exceeded").0 - before[k];
+        assert!(
+            grew > 0,
+            "{dp}: no packet was too big for {node}'s uplink: the test did not test: {:?}",
+            b.all_stats(node)
+        );
+        assert!(
+            redirected(&b, node) > 0,
+            "{dp}: nothing took {node}'s fast path"
+        );
+        // A frame too big for the wire is dropped by it and counted there (TCP would recover
+        // after a retransmission timeout, so the echo alone cannot tell).
+        assert_eq!(
+            wire_drops(&b, node),
+            drops_before[k],
+            "{dp}: frames too big for {node}'s wire were sent into it"
+        );
+    }
+}
+
+/// Frames a wire end dropped: sent into it too big (its tx_dropped; veth counts the peer's
+/// refusal there) or refused on receive.
+fn wire_drops(b: &TwoNodes, node: Node) -> u64 {
+    let ns = b.node_ns(node);
+    ["tx_dropped", "rx_dropped"]
+        .iter()
+        .map(|c| {
+            let path = format!("/sys/class/net/{}/statistics/{c}", node.wire());
+            integration_tests::exec_in_ok(&ns, &["cat", &path])
+                .trim()
+                .parse::<u64>()
+                .unwrap_or_else(|e| panic!("{path}: {e}"))
+        })
+        .sum()
 }
 
 /// The same with `xdp-ctl run --uplink --remote-meshed-cidr` on each node instead of one-shot
