@@ -42,6 +42,9 @@ impl Prog<'_> {
                     .map_err(|_| Error::NoXdpLink)?
             }
             Prog::Tc(p) => {
+                // Each TCX link costs the kernel an RCU grace period under RTNL (~13 ms on the
+                // bench VM), so N links take N grace periods; attaching from several threads
+                // does not overlap them (bench/README.md, "Controller start -> ready").
                 let id = p
                     .attach_with_options(
                         &link.name,
