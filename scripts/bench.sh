@@ -216,15 +216,6 @@ SECTION_PID="" # a section script we started (bench-prog.sh, bench-controller.sh
 FAILED_SECTIONS=()
 declare -A SECTION_S=()
 
-stop_servers() {
-  local pid
-  for pid in "${PIDS[@]}"; do
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  PIDS=()
-}
-
 cleanup() {
   local rc=$? ns
   trap - EXIT INT TERM
@@ -234,7 +225,7 @@ cleanup() {
     kill -TERM "$SECTION_PID" 2>/dev/null
     wait "$SECTION_PID" 2>/dev/null
   fi
-  stop_servers
+  bench_stop_servers
   if [ -e "$PIN" ]; then
     "${CTL_N[@]}" detach --all >/dev/null 2>&1 || warn "detach --all failed during cleanup"
     [ ! -e "$PIN" ] || rm -rf -- "$PIN"
@@ -271,50 +262,8 @@ say "machine load before: ${LOAD_START} (1/5/15 min)"
 
 # --- servers ------------------------------------------------------------------------------
 
-# start_servers NETNS ADDR: iperf3, two sockperf servers, connrate; their PIDs go to PIDS.
-start_servers() {
-  local ns=$1 addr=$2
-  # ip netns exec and taskset exec their argument, so $! is the server's own PID.
-  ip netns exec "$ns" taskset -c "$SERVER_CPU" iperf3 -s -B "$addr" -p "$PORT_IPERF" >"$WORK/iperf3-$ns.log" 2>&1 &
-  PIDS+=($!)
-  bench_wait_listen "$ns" "$PORT_IPERF" "iperf3 server" "$!"
-  ip netns exec "$ns" taskset -c "$CLIENT_CPU" sockperf sr --tcp -i "$addr" -p "$PORT_RR_PINNED" >"$WORK/sp1-$ns.log" 2>&1 &
-  PIDS+=($!)
-  bench_wait_listen "$ns" "$PORT_RR_PINNED" "sockperf server (pinned)" "$!"
-  ip netns exec "$ns" sockperf sr --tcp -i "$addr" -p "$PORT_RR_FREE" >"$WORK/sp2-$ns.log" 2>&1 &
-  PIDS+=($!)
-  bench_wait_listen "$ns" "$PORT_RR_FREE" "sockperf server (unpinned)" "$!"
-  ip netns exec "$ns" "$CONNRATE" server "$addr:$PORT_CONN" 2 >"$WORK/conn-$ns.log" 2>&1 &
-  PIDS+=($!)
-  bench_wait_listen "$ns" "$PORT_CONN" "connrate server" "$!"
-  # The UDP sink: bound, a small receive buffer, never read. A datagram costs the receiver a
-  # socket lookup and a drop (no port-unreachable, whose route lookup would cost more than
-  # the forwarding being measured).
-  ip netns exec "$ns" python3 -c '
-import socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-s.bind((sys.argv[1], int(sys.argv[2])))
-while True:
-    time.sleep(3600)' "$addr" "$UDP_PORT" >"$WORK/sink-$ns.log" 2>&1 &
-  PIDS+=($!)
-  local i
-  for ((i = 0; i < 100; i++)); do
-    [ -z "$(ip netns exec "$ns" ss -Hlun "sport = :$UDP_PORT")" ] || return 0
-    sleep 0.05
-  done
-  die "the UDP sink did not bind port ${UDP_PORT} in ${ns}"
-}
-
 udp_received() { # udp_received NS: datagrams that reached a UDP socket in NS (queued or dropped)
   printf '%s\n' "$(($(bench_snmp "$1" Udp InDatagrams) + $(bench_snmp "$1" Udp RcvbufErrors)))"
-}
-
-# Client-side sysctls for the connection rate: many ephemeral ports (TIME_WAIT sits on the
-# server, which closes first).
-client_sysctls() {
-  ip netns exec "$1" sysctl -qw net.ipv4.ip_local_port_range="1024 65000"
-  ip netns exec "$1" sysctl -qw net.ipv4.tcp_tw_reuse=1
 }
 
 bench_up() { # bench_up RULESET
@@ -323,19 +272,13 @@ bench_up() { # bench_up RULESET
   step "bench up: rule set ${rs}"
   BENCH_UP=1
   "$ROOT/scripts/bench-netns.sh" up 2 --name "$NAME" --forward-rules "$rules" >/dev/null
-  if [ "$rs" = kubeproxy ]; then
-    bench_kube_proxy_rules "$SERVICES" >"$WORK/kube-proxy.rules"
-    ip netns exec "$NODE" iptables-restore --noflush <"$WORK/kube-proxy.rules"
-    # kube-proxy's defaults (per namespace once conntrack is loaded by the rules above).
-    ip netns exec "$NODE" sysctl -qw net.netfilter.nf_conntrack_tcp_be_liberal=0
-    say "kube-proxy rule set: ${SERVICES} services, $(ip netns exec "$NODE" iptables-save | grep -c '^-A') rules in ${NODE}"
-  fi
-  client_sysctls "$POD1"
-  start_servers "$POD2" "$POD2_V4"
+  if [ "$rs" = kubeproxy ]; then bench_load_kube_proxy "$NODE" "$SERVICES"; fi
+  bench_client_sysctls "$POD1"
+  bench_start_servers "$POD2" "$POD2_V4"
 }
 
 bench_down() {
-  stop_servers
+  bench_stop_servers
   "$ROOT/scripts/bench-netns.sh" down --name "$NAME" >/dev/null
   BENCH_UP=0
 }
@@ -356,29 +299,7 @@ detach_fastpath() {
   [ ! -e "$PIN" ] || die "detach --all left the pin directory $PIN behind"
 }
 
-# --- measurements (each prints one JSON object; $1 = namespace of the client, $2 = server) ---
-
-m_rr() { # m_rr NS ADDR PORT PINNED
-  local out pin=()
-  [ "$4" -eq 0 ] || pin=(taskset -c "$CLIENT_CPU")
-  out=$(ip netns exec "$1" "${pin[@]}" sockperf pp --tcp -i "$2" -p "$3" -t "$DURATION" -m "$RR_MSG_SIZE" --full-rtt 2>&1) \
-    || { printf '%s\n' "$out" >&2; die "sockperf ping-pong failed"; }
-  bench_sockperf_json <<<"$out" || { printf '%s\n' "$out" >&2; die "could not parse sockperf output"; }
-}
-
-m_conn() { # m_conn NS ADDR
-  ip netns exec "$1" "$CONNRATE" client "$2:$PORT_CONN" "$DURATION" 2 || die "connrate client failed"
-}
-
-m_tcp() { # m_tcp NS ADDR
-  local out err
-  out=$(ip netns exec "$1" taskset -c "$CLIENT_CPU" iperf3 -c "$2" -p "$PORT_IPERF" -t "$DURATION" -J) || {
-    err=$(jq -r '.error // empty' <<<"$out" 2>/dev/null || true)
-    die "iperf3 TCP failed: ${err:-see above}"
-  }
-  jq -c '{gbps: (.end.sum_received.bits_per_second / 1e9), bytes_received: .end.sum_received.bytes,
-          retransmits: (.end.sum_sent.retransmits // null)}' <<<"$out"
-}
+# --- measurements (rr, conn, tcp: bench-lib.sh; each prints one JSON object) ---------------
 
 trafgen_conf() { # the UDP frame pod1 -> pod2:UDP_PORT, as trafgen's config
   cat <<EOF
@@ -458,24 +379,18 @@ m_udp() { # m_udp [RATE]: pod1 -> pod2 UDP; rx = what reached pod2's sink socket
 
 # measure METRIC DATAPATH: one metric between pod1 and pod2, path-checked (bench-lib.sh).
 measure() {
-  local metric=$1 dp=$2 before after res need unit=packets what
+  local metric=$1 dp=$2 before after res need unit what
   before=$(bench_counters)
   case "$metric" in
-    rr_pinned) res=$(m_rr "$POD1" "$POD2_V4" "$PORT_RR_PINNED" 1) ;;
-    rr_unpinned) res=$(m_rr "$POD1" "$POD2_V4" "$PORT_RR_FREE" 0) ;;
-    conn) res=$(m_conn "$POD1" "$POD2_V4") ;;
-    tcp) res=$(m_tcp "$POD1" "$POD2_V4") ;;
+    rr_pinned) res=$(bench_rr "$POD1" "$POD2_V4" "$PORT_RR_PINNED" 1) ;;
+    rr_unpinned) res=$(bench_rr "$POD1" "$POD2_V4" "$PORT_RR_FREE" 0) ;;
+    conn) res=$(bench_conn "$POD1" "$POD2_V4") ;;
+    tcp) res=$(bench_tcp "$POD1" "$POD2_V4") ;;
     udp64) res=$(m_udp) ;;
     cpu) res=$(m_udp "$RATE") ;;
   esac
   after=$(bench_counters)
-  case "$metric" in
-    rr_*) need=$(jq -r .observations <<<"$res") what="ping-pong round trips" ;;
-    # SYN, SYN-ACK, request, response, FIN each way: at least 4 forwarded packets each.
-    conn) need=$(($(jq -r .connections <<<"$res") * 4)) what="packets of the connections (4 each)" ;;
-    tcp) need=$(jq -r .bytes_received <<<"$res") unit=bytes what="TCP bytes received" ;;
-    udp64 | cpu) need=$(jq -r .rx_packets <<<"$res") what="UDP datagrams received" ;;
-  esac
+  IFS=$'\t' read -r need unit what <<<"$(bench_need "$metric" "$res")"
   jq -c --argjson d "$(bench_check_path "$dp" "$metric" "$before" "$after" "$need" "$unit" "$what")" '. + $d' <<<"$res"
 }
 
@@ -576,10 +491,10 @@ loopback_trial() {
   rec=$(jq -nc --argjson t "$trial" '{kind: "scenario", scenario: "loopback", datapath: "loopback", ruleset: "none", trial: $t}')
   for m in "${RR_METRICS[@]}" conn tcp; do
     case "$m" in
-      rr_pinned) r=$(m_rr "$LO_NS" 127.0.0.1 "$PORT_RR_PINNED" 1) ;;
-      rr_unpinned) r=$(m_rr "$LO_NS" 127.0.0.1 "$PORT_RR_FREE" 0) ;;
-      conn) r=$(m_conn "$LO_NS" 127.0.0.1) ;;
-      tcp) r=$(m_tcp "$LO_NS" 127.0.0.1) ;;
+      rr_pinned) r=$(bench_rr "$LO_NS" 127.0.0.1 "$PORT_RR_PINNED" 1) ;;
+      rr_unpinned) r=$(bench_rr "$LO_NS" 127.0.0.1 "$PORT_RR_FREE" 0) ;;
+      conn) r=$(bench_conn "$LO_NS" 127.0.0.1) ;;
+      tcp) r=$(bench_tcp "$LO_NS" 127.0.0.1) ;;
     esac
     rec=$(jq -c --arg m "$m" --argjson v "$r" '.[$m] = $v' <<<"$rec")
   done
@@ -611,7 +526,7 @@ START=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 T0=$SECONDS
 ip netns add "$LO_NS" && EXTRA_NS+=("$LO_NS")
 ip -n "$LO_NS" link set lo up
-client_sysctls "$LO_NS"
+bench_client_sysctls "$LO_NS"
 ip netns add "$GEN_NS" && EXTRA_NS+=("$GEN_NS")
 # No dummy driver on every kernel: a veth whose peer stays down drops every frame at once.
 ip -n "$GEN_NS" link add gen0 type veth peer name gen1
@@ -619,7 +534,7 @@ ip -n "$GEN_NS" link set gen0 up
 
 for rs in "${RULESETS[@]}"; do
   bench_up "$rs"
-  if [ "$rs" = none ]; then start_servers "$LO_NS" 127.0.0.1; fi
+  if [ "$rs" = none ]; then bench_start_servers "$LO_NS" 127.0.0.1; fi
   for ((t = 1; t <= TRIALS; t++)); do
     step "rule set ${rs}: trial ${t}/${TRIALS} ($((SECONDS - T0)) s elapsed)"
     if [ "$rs" = "${RULESETS[0]}" ]; then generator_trial "$t"; fi
