@@ -479,7 +479,7 @@ def cross_node_md(cn):
         return []
     p, summary = cn["parameters"], cn["summary"]
     rs_label = {"none": "no rules",
-                "kubeproxy": f"kube-proxy ({p['kube_proxy_services']:,} services) on both nodes"}
+                "kubeproxy": f"kube-proxy ({p['kube_proxy_services']:,} services)"}
     out = ["", "## Across nodes: pod 1 on node 1 -> pod 1 on node 2 (`scripts/bench-cross-node.sh`)",
            "",
            "Two node namespaces joined by a veth pair as the wire (tx checksumming off, native "
@@ -493,6 +493,7 @@ def cross_node_md(cn):
            f"{p['trials']} trial(s) x {p['duration_s']} s per measurement, interleaved; the section "
            f"took {p['elapsed_s']} s; load average (1/5/15 min) before {p['load_before']}, after "
            f"{p['load_after']}" + (" (**quick**: indicative only)" if p.get("quick") else "") + ".",
+           "",
            "Every figure was path-checked on both nodes: fast path, each node's `redirected` "
            "counter covered the traffic (both directions go through each node's programs); "
            "kernel path, each node's IPv4 `ForwDatagrams` did.",
@@ -660,14 +661,13 @@ def svg_chart(raw, summary, cross=None):
     cols, pw, ph, mx, my = 3, 400, 300, 20, 60
     rows = (len(CHART) + cols - 1) // cols
     width, height = cols * pw + 2 * mx, rows * ph + my + 40
-    cross_rs, cross_y, cross_pw = [], 0, 0
+    cross_rs, cross_y = [], 0
     if cross:
         cs = cross["summary"]
         cross_rs = [rs for rs in CROSS_RULESETS if any(f"{dp}@{rs}" in cs for dp in DATAPATHS)]
     if cross_rs:
         cross_y = rows * ph + my + 20
-        cross_pw = (width - 2 * mx) / len(CROSS_METRICS)
-        height = cross_y + 50 + ph + 20
+        height = cross_y + 40 + ((len(CROSS_METRICS) + cols - 1) // cols) * ph + 20
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
            f'font-family="sans-serif" font-size="11">',
            f'<rect width="{width}" height="{height}" fill="white"/>',
@@ -686,8 +686,7 @@ def svg_chart(raw, summary, cross=None):
         svg_panel(out, box, key, summary, rulesets, label, m(summary, "loopback", key))
     if cross_rs:
         cp = cross["parameters"]
-        clabel = {"none": "no rules",
-                  "kubeproxy": f"kube-proxy {cp['kube_proxy_services']:,} svc, both nodes"}
+        clabel = {"none": "no rules", "kubeproxy": f"kube-proxy {cp['kube_proxy_services']:,} svc"}
         out.append(f'<line x1="{mx}" x2="{width - mx}" y1="{cross_y - 8}" y2="{cross_y - 8}" '
                    f'stroke="#999"/>')
         out.append(f'<text x="{mx}" y="{cross_y + 12}" font-size="15" font-weight="bold">Across '
@@ -695,11 +694,11 @@ def svg_chart(raw, summary, cross=None):
                    f'attached on both nodes (scripts/bench-cross-node.sh)'
                    f'{" (quick)" if cp.get("quick") else ""}</text>')
         out.append(f'<text x="{mx}" y="{cross_y + 30}">median of {cp["trials"]} trial(s) x '
-                   f'{cp["duration_s"]} s, whiskers min-max; label = ratio to the kernel path '
-                   f'(both nodes forwarding) of the same rule set; load '
+                   f'{cp["duration_s"]} s, whiskers min-max; rule sets on both nodes; label = '
+                   f'ratio to the kernel path (both nodes forwarding) of the same rule set; load '
                    f'{escape(cp["load_before"])} -&gt; {escape(cp["load_after"])}</text>')
         for idx, key in enumerate(CROSS_METRICS):
-            box = (mx + idx * cross_pw, cross_y + 40, cross_pw, ph)
+            box = (mx + (idx % cols) * pw, cross_y + 40 + (idx // cols) * ph, pw, ph)
             svg_panel(out, box, key, cross["summary"], cross_rs, clabel)
     out.append("</svg>")
     return "\n".join(out) + "\n"
