@@ -3,8 +3,9 @@
 # fast paths, under three node rule sets (none, kube-proxy for N services, K FORWARD rules),
 # plus the loopback floor, the packet generator's own ceiling and the XDP program's ceiling
 # (BPF_PROG_TEST_RUN live frames, into a pod and into an XDP_DROP), then the programs' own cost
-# per packet with the flow table (scripts/bench-prog.sh) and the controller's figures
-# (scripts/bench-controller.sh), all in one run. Writes bench/results/<date>/ (results.md,
+# per packet with the flow table (scripts/bench-prog.sh), the controller's figures
+# (scripts/bench-controller.sh) and pod to pod across two nodes (scripts/bench-cross-node.sh),
+# all in one run. Writes bench/results/<date>/ (results.md,
 # results.json, chart.svg). Runs as root; leaves nothing behind, even when it fails.
 set -euo pipefail
 shopt -s inherit_errexit
@@ -31,7 +32,7 @@ usage() {
 Usage: ${PROG} [--quick] [--trials T] [--duration D] [--services N] [--rules K]
                [--rate PPS] [--only LIST] [--rulesets LIST] [--out DIR] [--no-build] [--ctl BIN]
                [--controller-pods N] [--controller-burst B] [--controller-datapath D]
-               [--no-controller] [--no-prog-cost]
+               [--no-controller] [--no-prog-cost] [--no-cross-node]
 
 Benchmarks pod1 -> pod2 (IPv4) on the netns bench (scripts/bench-netns.sh) in one run:
   rule sets (the node namespace's netfilter, one bench each):
@@ -80,13 +81,19 @@ Sections after the scenarios (each from its own script, on its own namespaces):
   controller    'xdp-ctl run' (scripts/bench-controller.sh): process start -> ready on a node
                 with N pods (cold, and a restart), a burst of B pods and one of B/4 (converged
                 after the last netlink event), the controller's VmRSS/VmHWM
+  cross-node    pod 1 on node 1 -> pod 1 on node 2 on the two-node bench (scripts/bench-cross-node.sh:
+                a veth wire, native routing): kernel vs tc and xdp attached on both nodes (pod
+                veth + uplink), rule sets none and kubeproxy (N services in both nodes; fwrules
+                is not run there); rr_pinned, conn, tcp as above, T trials x D s, each path-checked
+                on both nodes; --only applies to it too
 Every measurement checks which path carried it, or the run fails (bench-lib.sh): on the fast
 path 'redirected' must cover what the receiver saw; on the kernel path the node's IPv4
 ForwDatagrams.
 
 Options:
-  --quick         T=1, D=1, no unpinned RR, controller on 100 pods with a burst of 50 (under 3
-                  minutes); explicit --trials / --duration / --controller-* win
+  --quick         T=1, D=1, no unpinned RR, controller on 100 pods with a burst of 50, each
+                  cross-node scenario once (under 3 minutes); explicit --trials / --duration /
+                  --controller-* win
   --trials T      trials (default 3)
   --duration D    seconds per measurement (default 5)
   --services N    services in the kube-proxy rule set (default 5000)
@@ -105,6 +112,7 @@ Options:
                   tc, xdp or both (default both)
   --no-controller leave the controller section out
   --no-prog-cost  leave the programs' per-packet cost (bench-prog.sh) out
+  --no-cross-node leave the cross-node section (bench-cross-node.sh) out
   -h, --help      this text
 
 Example: sudo ${PROG} --quick
@@ -121,7 +129,7 @@ TAG=bench
 
 TRIALS="" DURATION="" SERVICES=5000 RULES=2000 RATE=20000 QUICK=0 BUILD=1 OUT="" CTL_ARG=""
 ONLY="kernel,tc,xdp" RULESETS_ARG="none,kubeproxy,fwrules"
-CTRL_PODS="" CTRL_BURST="" CTRL_DP=both CONTROLLER=1 PROG_COST=1
+CTRL_PODS="" CTRL_BURST="" CTRL_DP=both CONTROLLER=1 PROG_COST=1 CROSS_NODE=1
 while [ $# -gt 0 ]; do
   case "$1" in
     -h | --help) usage; exit 0 ;;
@@ -141,6 +149,7 @@ while [ $# -gt 0 ]; do
     --controller-datapath | --controller-datapath=*) opt_arg "$@"; CTRL_DP=$OPTVAL; shift "$OPTSHIFT" ;;
     --no-controller) CONTROLLER=0; shift ;;
     --no-prog-cost) PROG_COST=0; shift ;;
+    --no-cross-node) CROSS_NODE=0; shift ;;
     *) usage_error "unknown argument '$1'" ;;
   esac
 done
@@ -212,7 +221,7 @@ PIDS=()        # servers we started
 BENCH_UP=0
 EXTRA_NS=()    # loopback and generator namespaces
 WORK=""
-SECTION_PID="" # a section script we started (bench-prog.sh, bench-controller.sh)
+SECTION_PID="" # a section script we started (bench-prog.sh, bench-controller.sh, bench-cross-node.sh)
 FAILED_SECTIONS=()
 declare -A SECTION_S=()
 
@@ -593,6 +602,23 @@ if [ "$CONTROLLER" -eq 1 ]; then
   fi
 fi
 
+if [ "$CROSS_NODE" -eq 1 ]; then
+  # The rule sets of the cross-node section: none and kubeproxy, where this run has them.
+  CROSS_RS=()
+  for rs in "${RULESETS[@]}"; do [ "$rs" = fwrules ] || CROSS_RS+=("$rs"); done
+  if [ "${#CROSS_RS[@]}" -eq 0 ]; then
+    say "cross-node: none of its rule sets (none, kubeproxy) was selected; left out"
+  else
+    step "across nodes: scripts/bench-cross-node.sh, ${DATAPATHS[*]} x ${CROSS_RS[*]}, ${TRIALS} x ${DURATION} s ($((SECONDS - T0)) s elapsed)"
+    if run_section cross-node "$ROOT/scripts/bench-cross-node.sh" --no-build --ctl "$CTL" \
+      --trials "$TRIALS" --duration "$DURATION" --services "$SERVICES" \
+      --only "$(IFS=,; echo "${DATAPATHS[*]}")" --rulesets "$(IFS=,; echo "${CROSS_RS[*]}")" \
+      --json "$WORK/cross-node.json"; then
+      sed -n '/=== summary/,$ { /=== summary/d; /^\[bench-cross-node\]/d; s/^/  /p }' "$WORK/cross-node.log"
+    fi
+  fi
+fi
+
 ELAPSED=$((SECONDS - T0))
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -611,6 +637,7 @@ jq -s --arg tstart "$START" --arg tend "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --argjso
   --arg ctrl_dp "$CTRL_DP" --argjson sections "$(sections_json)" \
   --argjson controller "$(cat "$WORK/controller.json" 2>/dev/null || echo null)" \
   --argjson prog_cost "$(cat "$WORK/prog-cost.json" 2>/dev/null || echo null)" \
+  --argjson cross_node "$(cat "$WORK/cross-node.json" 2>/dev/null || echo null)" \
   --argjson trials "$TRIALS" --argjson duration "$DURATION" --argjson services "$SERVICES" \
   --argjson rules "$RULES" --argjson rate "$RATE" \
   --arg rev "$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)" \
@@ -625,9 +652,9 @@ jq -s --arg tstart "$START" --arg tend "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --argjso
      scenarios_elapsed_s: $scen_s, sections: $sections,
      controller_pods: $ctrl_pods, controller_burst: $ctrl_burst, controller_datapath: $ctrl_dp,
      tools: {iperf3: $iperf, sockperf: $sockperf, trafgen: $trafgen, iptables: $iptables}},
-   trials: ., controller: $controller, prog_cost: $prog_cost}' "$TRIALS_JSONL" >"$RES/raw.json"
+   trials: ., controller: $controller, prog_cost: $prog_cost, cross_node: $cross_node}' "$TRIALS_JSONL" >"$RES/raw.json"
 python3 "$ROOT/scripts/bench-report.py" "$RES/raw.json" "$RES"
-for f in prog-cost controller; do
+for f in prog-cost controller cross-node; do
   [ ! -e "$WORK/$f.log" ] || cp -- "$WORK/$f.log" "$RES/$f.log"
 done
 mv -T -- "$RES" "$OUT"
