@@ -2,13 +2,15 @@
 """Summarise a scripts/bench.sh run: raw.json -> results.json, results.md, chart.svg.
 
 Usage: bench-report.py RAW_JSON OUT_DIR
+       bench-report.py --cross-node CROSS_NODE_JSON   (prints the cross-node table)
 
 Standard library only (benchmarks are not run by CI, but nothing here needs installing).
 Medians with min and max over the trials; every figure also as a ratio to the kernel path of
 the same rule set (the loopback floor against kernel@none); the issue-10 targets checked for
 the default datapath (tc). The sections from their own scripts (the programs' cost per packet
-from bench-prog.sh, the controller from bench-controller.sh) are summarised when raw.json has
-them; older raw.json files without them still work.
+from bench-prog.sh, the controller from bench-controller.sh, pod to pod across two nodes from
+bench-cross-node.sh) are summarised when raw.json has them; older raw.json files without them
+still work. With --cross-node, the table of a bench-cross-node.sh --json file alone.
 """
 
 import json
@@ -48,6 +50,9 @@ METRICS = {
 }
 CHART = ["rr_pinned_p50_us", "rr_unpinned_p50_us", "conn_per_s", "tcp_gbps", "udp64_rx_kpps",
          "cpu_ms_per_mpkt"]
+# Across nodes (bench-cross-node.sh): its metrics and rule sets.
+CROSS_METRICS = ["rr_pinned_p50_us", "rr_pinned_p99_us", "conn_per_s", "tcp_gbps"]
+CROSS_RULESETS = ["none", "kubeproxy"]
 
 
 def stat(values):
@@ -65,18 +70,21 @@ def get(trial, fn):
         return None
 
 
-def summarise(raw):
-    trials = raw["trials"]
+def scenarios(trials, kind, keys):
+    """Per scenario ("DATAPATH@RULESET") of the trials of KIND: median/min/max/n of each metric
+    in KEYS, and its ratio to the kernel path of the same rule set (loopback: kernel@none)."""
     scen = {}
     for t in trials:
-        if t["kind"] == "scenario":
+        if t["kind"] == kind:
             scen.setdefault(t["scenario"], []).append(t)
     summary = {}
     for name, ts in scen.items():
-        entry = {"datapath": ts[0]["datapath"], "ruleset": ts[0]["ruleset"], "trials": len(ts),
-                 "program": ts[0].get("program"), "metrics": {}}
-        for key, (_, _, fn, _) in METRICS.items():
-            s = stat([get(t, fn) for t in ts])
+        entry = {"datapath": ts[0]["datapath"], "ruleset": ts[0]["ruleset"], "trials": len(ts)}
+        if kind == "scenario":
+            entry["program"] = ts[0].get("program")
+        entry["metrics"] = {}
+        for key in keys:
+            s = stat([get(t, METRICS[key][2]) for t in ts])
             if s is not None:
                 entry["metrics"][key] = s
         summary[name] = entry
@@ -86,6 +94,22 @@ def summarise(raw):
             base = summary.get(ref, {}).get("metrics", {}).get(key)
             s["ratio"] = s["median"] / base["median"] if base and base["median"] else None
             s["ratio_to"] = ref
+    return summary
+
+
+def cross_node(cn):
+    """bench-cross-node.sh's figures: its parameters and the per-scenario summary."""
+    if not cn:
+        return None
+    loads = [t.get("loadavg_1min") for t in cn["trials"]]
+    return {"parameters": cn["parameters"],
+            "loadavg_1min_at_trials": stat(loads),
+            "summary": scenarios(cn["trials"], "cross_node", CROSS_METRICS)}
+
+
+def summarise(raw):
+    trials = raw["trials"]
+    summary = scenarios(trials, "scenario", METRICS)
     extra = {}
     gen = stat([t["tx_pps"] / 1e3 for t in trials if t["kind"] == "generator"])
     if gen:
@@ -124,6 +148,9 @@ def summarise(raw):
     ctrl = controller(raw)
     if ctrl:
         extra["controller"] = ctrl
+    cn = cross_node(raw.get("cross_node"))
+    if cn:
+        extra["cross_node"] = cn
     return summary, extra
 
 
@@ -338,6 +365,7 @@ def markdown(raw, summary, extra, tgts):
     lines += xdp_ceiling_md(extra)
     lines += flow_table_md(extra)
     lines += controller_md(extra, p)
+    lines += cross_node_md(extra.get("cross_node"))
     lines += ["", f"## Targets (default datapath: {DEFAULT_DATAPATH})", "",
               "| target | measured | met |", "|---|---|---|"]
     for t in tgts:
@@ -445,6 +473,61 @@ def flow_table_md(extra):
     return out
 
 
+def cross_node_md(cn):
+    """The cross-node section of results.md (also what --cross-node prints)."""
+    if not cn:
+        return []
+    p, summary = cn["parameters"], cn["summary"]
+    rs_label = {"none": "no rules",
+                "kubeproxy": f"kube-proxy ({p['kube_proxy_services']:,} services)"}
+    out = ["", "## Across nodes: pod 1 on node 1 -> pod 1 on node 2 (`scripts/bench-cross-node.sh`)",
+           "",
+           "Two node namespaces joined by a veth pair as the wire (tx checksumming off, native "
+           "routing: each node routes the other's pod CIDR via the other's wire address), one pod "
+           "on each; IPv4. `kernel`: both nodes route and run netfilter FORWARD; `tc` / `xdp`: the "
+           "fast path attached on **both** nodes (`xdp-ctl attach --uplink` on the pod's host veth "
+           "and the wire end, the local pod as endpoint, the other node's pod CIDRs as remote "
+           "meshed prefixes): the sender's pod program redirects to the uplink, the receiver's "
+           "uplink program into the pod. Rule sets in both nodes: "
+           + ", ".join(f"`{k}` = {v}" for k, v in rs_label.items()) + ". "
+           f"{p['trials']} trial(s) x {p['duration_s']} s per measurement, interleaved; the section "
+           f"took {p['elapsed_s']} s; load average (1/5/15 min) before {p['load_before']}, after "
+           f"{p['load_after']}" + (" (**quick**: indicative only)" if p.get("quick") else "") + ".",
+           "",
+           "Every figure was path-checked on both nodes: fast path, each node's `redirected` "
+           "counter covered the traffic (both directions go through each node's programs); "
+           "kernel path, each node's IPv4 `ForwDatagrams` did.",
+           "",
+           "Cells: median [min-max] over the trials, then (ratio to the kernel path of the same "
+           "rule set).",
+           ""]
+    keys = [k for k in CROSS_METRICS if any(k in e["metrics"] for e in summary.values())]
+    head = ["scenario"] + [f"{METRICS[k][0]} ({METRICS[k][1]})" for k in keys]
+    out.append("| " + " | ".join(head) + " |")
+    out.append("|" + "---|" * len(head))
+    for rs in CROSS_RULESETS:
+        for dp in DATAPATHS:
+            name = f"{dp}@{rs}"
+            if name not in summary:
+                continue
+            row = [f"**{name}**"]
+            for k in keys:
+                st = summary[name]["metrics"].get(k)
+                if not st:
+                    row.append("")
+                    continue
+                cell = f"{fmt(st['median'])} [{fmt(st['min'])}-{fmt(st['max'])}]"
+                if dp != "kernel" and st.get("ratio") is not None:
+                    cell += f" ({st['ratio']:.2f}x)"
+                row.append(cell)
+            out.append("| " + " | ".join(row) + " |")
+    la = cn.get("loadavg_1min_at_trials")
+    if la:
+        out += ["", f"1-minute load average at the start of the trials: {fmt(la['median'])} "
+                    f"[{fmt(la['min'])}-{fmt(la['max'])}] (per trial in `trials` of the raw JSON)."]
+    return out
+
+
 def controller_md(extra, p):
     c = extra.get("controller")
     if not c:
@@ -516,7 +599,61 @@ def controller_md(extra, p):
     return out
 
 
-def svg_chart(raw, summary):
+def svg_panel(out, box, key, summary, rulesets, label, floor=None):
+    """One panel: bars per datapath grouped by rule set, whiskers min-max, ratio labels, an
+    optional dashed floor line. box = (x, y, width, height) of the panel."""
+    name, unit, _, lower = METRICS[key]
+    ox, oy, pw, ph = box
+    left, top, w, h = ox + 50, oy + 30, pw - 70, ph - 80
+    vals = [s for s in (m(summary, f"{dp}@{rs}", key) for rs in rulesets for dp in DATAPATHS)
+            if s]
+    top_v = max([s["max"] for s in vals] + ([floor["max"]] if floor else []) + [1e-9]) * 1.15
+    out.append(f'<text x="{ox + 10}" y="{oy + 15}" font-size="13" font-weight="bold">'
+               f'{escape(name)} ({unit}), {"lower" if lower else "higher"} is better</text>')
+    for j in range(5):
+        v = top_v * j / 4
+        y = top + h - h * j / 4
+        out.append(f'<line x1="{left}" x2="{left + w}" y1="{y:.1f}" y2="{y:.1f}" '
+                   f'stroke="#e4e4e4"/><text x="{left - 4}" y="{y + 4:.1f}" '
+                   f'text-anchor="end">{fmt(v)}</text>')
+    gw = w / max(len(rulesets), 1)
+    bw = gw / (len(DATAPATHS) + 1)
+    for gi, rs in enumerate(rulesets):
+        gx = left + gi * gw
+        out.append(f'<text x="{gx + gw / 2:.1f}" y="{top + h + 15}" text-anchor="middle">'
+                   f'{escape(label[rs])}</text>')
+        for bi, dp in enumerate(DATAPATHS):
+            s = m(summary, f"{dp}@{rs}", key)
+            if not s:
+                continue
+            x = gx + bw / 2 + bi * bw
+            y = top + h - h * s["median"] / top_v
+            out.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bw * 0.9:.1f}" '
+                       f'height="{top + h - y:.1f}" fill="{COLORS[dp]}"><title>{dp}@{rs}: '
+                       f'{fmt(s["median"])} {unit} [{fmt(s["min"])}-{fmt(s["max"])}]'
+                       f'</title></rect>')
+            cx = x + bw * 0.45
+            y0, y1 = top + h - h * s["min"] / top_v, top + h - h * s["max"] / top_v
+            out.append(f'<line x1="{cx:.1f}" x2="{cx:.1f}" y1="{y0:.1f}" y2="{y1:.1f}" '
+                       f'stroke="black"/>')
+            txt = fmt(s["median"])
+            if dp != "kernel" and s.get("ratio") is not None:
+                txt = f"{s['ratio']:.2f}x"
+            out.append(f'<text x="{cx:.1f}" y="{min(y, y1) - 3:.1f}" text-anchor="middle" '
+                       f'font-size="10">{txt}</text>')
+    if floor:
+        y = top + h - h * floor["median"] / top_v
+        out.append(f'<line x1="{left}" x2="{left + w}" y1="{y:.1f}" y2="{y:.1f}" '
+                   f'stroke="{COLORS["loopback"]}" stroke-dasharray="5,3"/>'
+                   f'<text x="{left + w}" y="{y - 3:.1f}" text-anchor="end" '
+                   f'fill="{COLORS["loopback"]}">loopback {fmt(floor["median"])}</text>')
+    out.append(f'<line x1="{left}" x2="{left + w}" y1="{top + h}" y2="{top + h}" '
+               f'stroke="black"/>')
+
+
+def svg_chart(raw, summary, cross=None):
+    """The one-node panels, and below them (when the run has them) the cross-node panels, under
+    their own heading."""
     p = raw["parameters"]
     rulesets = [rs for rs in RULESETS if any(f"{dp}@{rs}" in summary for dp in DATAPATHS)]
     label = {"none": "no rules", "kubeproxy": f"kube-proxy {p['kube_proxy_services']:,} svc",
@@ -524,6 +661,13 @@ def svg_chart(raw, summary):
     cols, pw, ph, mx, my = 3, 400, 300, 20, 60
     rows = (len(CHART) + cols - 1) // cols
     width, height = cols * pw + 2 * mx, rows * ph + my + 40
+    cross_rs, cross_y = [], 0
+    if cross:
+        cs = cross["summary"]
+        cross_rs = [rs for rs in CROSS_RULESETS if any(f"{dp}@{rs}" in cs for dp in DATAPATHS)]
+    if cross_rs:
+        cross_y = rows * ph + my + 20
+        height = cross_y + 40 + ((len(CROSS_METRICS) + cols - 1) // cols) * ph + 20
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
            f'font-family="sans-serif" font-size="11">',
            f'<rect width="{width}" height="{height}" fill="white"/>',
@@ -538,59 +682,33 @@ def svg_chart(raw, summary):
         out.append(f'<rect x="{lx + i * 60}" y="30" width="10" height="10" fill="{COLORS[dp]}"/>'
                    f'<text x="{lx + i * 60 + 13}" y="39">{dp}</text>')
     for idx, key in enumerate(CHART):
-        name, unit, _, lower = METRICS[key]
-        ox, oy = mx + (idx % cols) * pw, my + (idx // cols) * ph
-        left, top, w, h = ox + 50, oy + 30, pw - 70, ph - 80
-        vals = [s for s in (m(summary, f"{dp}@{rs}", key) for rs in rulesets for dp in DATAPATHS)
-                if s]
-        floor = m(summary, "loopback", key)
-        top_v = max([s["max"] for s in vals] + ([floor["max"]] if floor else []) + [1e-9]) * 1.15
-        out.append(f'<text x="{ox + 10}" y="{oy + 15}" font-size="13" font-weight="bold">'
-                   f'{escape(name)} ({unit}), {"lower" if lower else "higher"} is better</text>')
-        for j in range(5):
-            v = top_v * j / 4
-            y = top + h - h * j / 4
-            out.append(f'<line x1="{left}" x2="{left + w}" y1="{y:.1f}" y2="{y:.1f}" '
-                       f'stroke="#e4e4e4"/><text x="{left - 4}" y="{y + 4:.1f}" '
-                       f'text-anchor="end">{fmt(v)}</text>')
-        gw = w / max(len(rulesets), 1)
-        bw = gw / (len(DATAPATHS) + 1)
-        for gi, rs in enumerate(rulesets):
-            gx = left + gi * gw
-            out.append(f'<text x="{gx + gw / 2:.1f}" y="{top + h + 15}" text-anchor="middle">'
-                       f'{escape(label[rs])}</text>')
-            for bi, dp in enumerate(DATAPATHS):
-                s = m(summary, f"{dp}@{rs}", key)
-                if not s:
-                    continue
-                x = gx + bw / 2 + bi * bw
-                y = top + h - h * s["median"] / top_v
-                out.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bw * 0.9:.1f}" '
-                           f'height="{top + h - y:.1f}" fill="{COLORS[dp]}"><title>{dp}@{rs}: '
-                           f'{fmt(s["median"])} {unit} [{fmt(s["min"])}-{fmt(s["max"])}]'
-                           f'</title></rect>')
-                cx = x + bw * 0.45
-                y0, y1 = top + h - h * s["min"] / top_v, top + h - h * s["max"] / top_v
-                out.append(f'<line x1="{cx:.1f}" x2="{cx:.1f}" y1="{y0:.1f}" y2="{y1:.1f}" '
-                           f'stroke="black"/>')
-                txt = fmt(s["median"])
-                if dp != "kernel" and s.get("ratio") is not None:
-                    txt = f"{s['ratio']:.2f}x"
-                out.append(f'<text x="{cx:.1f}" y="{min(y, y1) - 3:.1f}" text-anchor="middle" '
-                           f'font-size="10">{txt}</text>')
-        if floor:
-            y = top + h - h * floor["median"] / top_v
-            out.append(f'<line x1="{left}" x2="{left + w}" y1="{y:.1f}" y2="{y:.1f}" '
-                       f'stroke="{COLORS["loopback"]}" stroke-dasharray="5,3"/>'
-                       f'<text x="{left + w}" y="{y - 3:.1f}" text-anchor="end" '
-                       f'fill="{COLORS["loopback"]}">loopback {fmt(floor["median"])}</text>')
-        out.append(f'<line x1="{left}" x2="{left + w}" y1="{top + h}" y2="{top + h}" '
-                   f'stroke="black"/>')
+        box = (mx + (idx % cols) * pw, my + (idx // cols) * ph, pw, ph)
+        svg_panel(out, box, key, summary, rulesets, label, m(summary, "loopback", key))
+    if cross_rs:
+        cp = cross["parameters"]
+        clabel = {"none": "no rules", "kubeproxy": f"kube-proxy {cp['kube_proxy_services']:,} svc"}
+        out.append(f'<line x1="{mx}" x2="{width - mx}" y1="{cross_y - 8}" y2="{cross_y - 8}" '
+                   f'stroke="#999"/>')
+        out.append(f'<text x="{mx}" y="{cross_y + 12}" font-size="15" font-weight="bold">Across '
+                   f'two nodes: pod on node 1 -&gt; pod on node 2 over a veth wire, fast path '
+                   f'attached on both nodes (scripts/bench-cross-node.sh)'
+                   f'{" (quick)" if cp.get("quick") else ""}</text>')
+        out.append(f'<text x="{mx}" y="{cross_y + 30}">median of {cp["trials"]} trial(s) x '
+                   f'{cp["duration_s"]} s, whiskers min-max; rule sets on both nodes; label = '
+                   f'ratio to the kernel path (both nodes forwarding) of the same rule set; load '
+                   f'{escape(cp["load_before"])} -&gt; {escape(cp["load_after"])}</text>')
+        for idx, key in enumerate(CROSS_METRICS):
+            box = (mx + (idx % cols) * pw, cross_y + 40 + (idx // cols) * ph, pw, ph)
+            svg_panel(out, box, key, cross["summary"], cross_rs, clabel)
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
 
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--cross-node":
+        cn = cross_node(json.loads(Path(sys.argv[2]).read_text()))
+        print("\n".join(cross_node_md(cn)).lstrip("\n"))
+        return
     if len(sys.argv) != 3:
         sys.exit(__doc__)
     raw = json.loads(Path(sys.argv[1]).read_text())
@@ -601,7 +719,7 @@ def main():
               "trials": raw["trials"]}
     (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     (out / "results.md").write_text(markdown(raw, summary, extra, tgts))
-    (out / "chart.svg").write_text(svg_chart(raw, summary))
+    (out / "chart.svg").write_text(svg_chart(raw, summary, extra.get("cross_node")))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 # fast paths, under three node rule sets (none, kube-proxy for N services, K FORWARD rules),
 # plus the loopback floor, the packet generator's own ceiling and the XDP program's ceiling
 # (BPF_PROG_TEST_RUN live frames, into a pod and into an XDP_DROP), then the programs' own cost
-# per packet with the flow table (scripts/bench-prog.sh) and the controller's figures
-# (scripts/bench-controller.sh), all in one run. Writes bench/results/<date>/ (results.md,
+# per packet with the flow table (scripts/bench-prog.sh), the controller's figures
+# (scripts/bench-controller.sh) and pod to pod across two nodes (scripts/bench-cross-node.sh),
+# all in one run. Writes bench/results/<date>/ (results.md,
 # results.json, chart.svg). Runs as root; leaves nothing behind, even when it fails.
 set -euo pipefail
 shopt -s inherit_errexit
@@ -31,7 +32,7 @@ usage() {
 Usage: ${PROG} [--quick] [--trials T] [--duration D] [--services N] [--rules K]
                [--rate PPS] [--only LIST] [--rulesets LIST] [--out DIR] [--no-build] [--ctl BIN]
                [--controller-pods N] [--controller-burst B] [--controller-datapath D]
-               [--no-controller] [--no-prog-cost]
+               [--no-controller] [--no-prog-cost] [--no-cross-node]
 
 Benchmarks pod1 -> pod2 (IPv4) on the netns bench (scripts/bench-netns.sh) in one run:
   rule sets (the node namespace's netfilter, one bench each):
@@ -80,13 +81,19 @@ Sections after the scenarios (each from its own script, on its own namespaces):
   controller    'xdp-ctl run' (scripts/bench-controller.sh): process start -> ready on a node
                 with N pods (cold, and a restart), a burst of B pods and one of B/4 (converged
                 after the last netlink event), the controller's VmRSS/VmHWM
+  cross-node    pod 1 on node 1 -> pod 1 on node 2 on the two-node bench (scripts/bench-cross-node.sh:
+                a veth wire, native routing): kernel vs tc and xdp attached on both nodes (pod
+                veth + uplink), rule sets none and kubeproxy (N services in both nodes; fwrules
+                is not run there); rr_pinned, conn, tcp as above, T trials x D s, each path-checked
+                on both nodes; --only applies to it too
 Every measurement checks which path carried it, or the run fails (bench-lib.sh): on the fast
 path 'redirected' must cover what the receiver saw; on the kernel path the node's IPv4
 ForwDatagrams.
 
 Options:
-  --quick         T=1, D=1, no unpinned RR, controller on 100 pods with a burst of 50 (under 3
-                  minutes); explicit --trials / --duration / --controller-* win
+  --quick         T=1, D=1, no unpinned RR, controller on 100 pods with a burst of 50, each
+                  cross-node scenario once (under 3 minutes); explicit --trials / --duration /
+                  --controller-* win
   --trials T      trials (default 3)
   --duration D    seconds per measurement (default 5)
   --services N    services in the kube-proxy rule set (default 5000)
@@ -105,6 +112,7 @@ Options:
                   tc, xdp or both (default both)
   --no-controller leave the controller section out
   --no-prog-cost  leave the programs' per-packet cost (bench-prog.sh) out
+  --no-cross-node leave the cross-node section (bench-cross-node.sh) out
   -h, --help      this text
 
 Example: sudo ${PROG} --quick
@@ -121,7 +129,7 @@ TAG=bench
 
 TRIALS="" DURATION="" SERVICES=5000 RULES=2000 RATE=20000 QUICK=0 BUILD=1 OUT="" CTL_ARG=""
 ONLY="kernel,tc,xdp" RULESETS_ARG="none,kubeproxy,fwrules"
-CTRL_PODS="" CTRL_BURST="" CTRL_DP=both CONTROLLER=1 PROG_COST=1
+CTRL_PODS="" CTRL_BURST="" CTRL_DP=both CONTROLLER=1 PROG_COST=1 CROSS_NODE=1
 while [ $# -gt 0 ]; do
   case "$1" in
     -h | --help) usage; exit 0 ;;
@@ -141,6 +149,7 @@ while [ $# -gt 0 ]; do
     --controller-datapath | --controller-datapath=*) opt_arg "$@"; CTRL_DP=$OPTVAL; shift "$OPTSHIFT" ;;
     --no-controller) CONTROLLER=0; shift ;;
     --no-prog-cost) PROG_COST=0; shift ;;
+    --no-cross-node) CROSS_NODE=0; shift ;;
     *) usage_error "unknown argument '$1'" ;;
   esac
 done
@@ -212,18 +221,9 @@ PIDS=()        # servers we started
 BENCH_UP=0
 EXTRA_NS=()    # loopback and generator namespaces
 WORK=""
-SECTION_PID="" # a section script we started (bench-prog.sh, bench-controller.sh)
+SECTION_PID="" # a section script we started (bench-prog.sh, bench-controller.sh, bench-cross-node.sh)
 FAILED_SECTIONS=()
 declare -A SECTION_S=()
-
-stop_servers() {
-  local pid
-  for pid in "${PIDS[@]}"; do
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  PIDS=()
-}
 
 cleanup() {
   local rc=$? ns
@@ -234,7 +234,7 @@ cleanup() {
     kill -TERM "$SECTION_PID" 2>/dev/null
     wait "$SECTION_PID" 2>/dev/null
   fi
-  stop_servers
+  bench_stop_servers
   if [ -e "$PIN" ]; then
     "${CTL_N[@]}" detach --all >/dev/null 2>&1 || warn "detach --all failed during cleanup"
     [ ! -e "$PIN" ] || rm -rf -- "$PIN"
@@ -271,50 +271,8 @@ say "machine load before: ${LOAD_START} (1/5/15 min)"
 
 # --- servers ------------------------------------------------------------------------------
 
-# start_servers NETNS ADDR: iperf3, two sockperf servers, connrate; their PIDs go to PIDS.
-start_servers() {
-  local ns=$1 addr=$2
-  # ip netns exec and taskset exec their argument, so $! is the server's own PID.
-  ip netns exec "$ns" taskset -c "$SERVER_CPU" iperf3 -s -B "$addr" -p "$PORT_IPERF" >"$WORK/iperf3-$ns.log" 2>&1 &
-  PIDS+=($!)
-  bench_wait_listen "$ns" "$PORT_IPERF" "iperf3 server" "$!"
-  ip netns exec "$ns" taskset -c "$CLIENT_CPU" sockperf sr --tcp -i "$addr" -p "$PORT_RR_PINNED" >"$WORK/sp1-$ns.log" 2>&1 &
-  PIDS+=($!)
-  bench_wait_listen "$ns" "$PORT_RR_PINNED" "sockperf server (pinned)" "$!"
-  ip netns exec "$ns" sockperf sr --tcp -i "$addr" -p "$PORT_RR_FREE" >"$WORK/sp2-$ns.log" 2>&1 &
-  PIDS+=($!)
-  bench_wait_listen "$ns" "$PORT_RR_FREE" "sockperf server (unpinned)" "$!"
-  ip netns exec "$ns" "$CONNRATE" server "$addr:$PORT_CONN" 2 >"$WORK/conn-$ns.log" 2>&1 &
-  PIDS+=($!)
-  bench_wait_listen "$ns" "$PORT_CONN" "connrate server" "$!"
-  # The UDP sink: bound, a small receive buffer, never read. A datagram costs the receiver a
-  # socket lookup and a drop (no port-unreachable, whose route lookup would cost more than
-  # the forwarding being measured).
-  ip netns exec "$ns" python3 -c '
-import socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-s.bind((sys.argv[1], int(sys.argv[2])))
-while True:
-    time.sleep(3600)' "$addr" "$UDP_PORT" >"$WORK/sink-$ns.log" 2>&1 &
-  PIDS+=($!)
-  local i
-  for ((i = 0; i < 100; i++)); do
-    [ -z "$(ip netns exec "$ns" ss -Hlun "sport = :$UDP_PORT")" ] || return 0
-    sleep 0.05
-  done
-  die "the UDP sink did not bind port ${UDP_PORT} in ${ns}"
-}
-
 udp_received() { # udp_received NS: datagrams that reached a UDP socket in NS (queued or dropped)
   printf '%s\n' "$(($(bench_snmp "$1" Udp InDatagrams) + $(bench_snmp "$1" Udp RcvbufErrors)))"
-}
-
-# Client-side sysctls for the connection rate: many ephemeral ports (TIME_WAIT sits on the
-# server, which closes first).
-client_sysctls() {
-  ip netns exec "$1" sysctl -qw net.ipv4.ip_local_port_range="1024 65000"
-  ip netns exec "$1" sysctl -qw net.ipv4.tcp_tw_reuse=1
 }
 
 bench_up() { # bench_up RULESET
@@ -323,19 +281,13 @@ bench_up() { # bench_up RULESET
   step "bench up: rule set ${rs}"
   BENCH_UP=1
   "$ROOT/scripts/bench-netns.sh" up 2 --name "$NAME" --forward-rules "$rules" >/dev/null
-  if [ "$rs" = kubeproxy ]; then
-    bench_kube_proxy_rules "$SERVICES" >"$WORK/kube-proxy.rules"
-    ip netns exec "$NODE" iptables-restore --noflush <"$WORK/kube-proxy.rules"
-    # kube-proxy's defaults (per namespace once conntrack is loaded by the rules above).
-    ip netns exec "$NODE" sysctl -qw net.netfilter.nf_conntrack_tcp_be_liberal=0
-    say "kube-proxy rule set: ${SERVICES} services, $(ip netns exec "$NODE" iptables-save | grep -c '^-A') rules in ${NODE}"
-  fi
-  client_sysctls "$POD1"
-  start_servers "$POD2" "$POD2_V4"
+  if [ "$rs" = kubeproxy ]; then bench_load_kube_proxy "$NODE" "$SERVICES"; fi
+  bench_client_sysctls "$POD1"
+  bench_start_servers "$POD2" "$POD2_V4"
 }
 
 bench_down() {
-  stop_servers
+  bench_stop_servers
   "$ROOT/scripts/bench-netns.sh" down --name "$NAME" >/dev/null
   BENCH_UP=0
 }
@@ -356,29 +308,7 @@ detach_fastpath() {
   [ ! -e "$PIN" ] || die "detach --all left the pin directory $PIN behind"
 }
 
-# --- measurements (each prints one JSON object; $1 = namespace of the client, $2 = server) ---
-
-m_rr() { # m_rr NS ADDR PORT PINNED
-  local out pin=()
-  [ "$4" -eq 0 ] || pin=(taskset -c "$CLIENT_CPU")
-  out=$(ip netns exec "$1" "${pin[@]}" sockperf pp --tcp -i "$2" -p "$3" -t "$DURATION" -m "$RR_MSG_SIZE" --full-rtt 2>&1) \
-    || { printf '%s\n' "$out" >&2; die "sockperf ping-pong failed"; }
-  bench_sockperf_json <<<"$out" || { printf '%s\n' "$out" >&2; die "could not parse sockperf output"; }
-}
-
-m_conn() { # m_conn NS ADDR
-  ip netns exec "$1" "$CONNRATE" client "$2:$PORT_CONN" "$DURATION" 2 || die "connrate client failed"
-}
-
-m_tcp() { # m_tcp NS ADDR
-  local out err
-  out=$(ip netns exec "$1" taskset -c "$CLIENT_CPU" iperf3 -c "$2" -p "$PORT_IPERF" -t "$DURATION" -J) || {
-    err=$(jq -r '.error // empty' <<<"$out" 2>/dev/null || true)
-    die "iperf3 TCP failed: ${err:-see above}"
-  }
-  jq -c '{gbps: (.end.sum_received.bits_per_second / 1e9), bytes_received: .end.sum_received.bytes,
-          retransmits: (.end.sum_sent.retransmits // null)}' <<<"$out"
-}
+# --- measurements (rr, conn, tcp: bench-lib.sh; each prints one JSON object) ---------------
 
 trafgen_conf() { # the UDP frame pod1 -> pod2:UDP_PORT, as trafgen's config
   cat <<EOF
@@ -458,24 +388,18 @@ m_udp() { # m_udp [RATE]: pod1 -> pod2 UDP; rx = what reached pod2's sink socket
 
 # measure METRIC DATAPATH: one metric between pod1 and pod2, path-checked (bench-lib.sh).
 measure() {
-  local metric=$1 dp=$2 before after res need unit=packets what
+  local metric=$1 dp=$2 before after res need unit what
   before=$(bench_counters)
   case "$metric" in
-    rr_pinned) res=$(m_rr "$POD1" "$POD2_V4" "$PORT_RR_PINNED" 1) ;;
-    rr_unpinned) res=$(m_rr "$POD1" "$POD2_V4" "$PORT_RR_FREE" 0) ;;
-    conn) res=$(m_conn "$POD1" "$POD2_V4") ;;
-    tcp) res=$(m_tcp "$POD1" "$POD2_V4") ;;
+    rr_pinned) res=$(bench_rr "$POD1" "$POD2_V4" "$PORT_RR_PINNED" 1) ;;
+    rr_unpinned) res=$(bench_rr "$POD1" "$POD2_V4" "$PORT_RR_FREE" 0) ;;
+    conn) res=$(bench_conn "$POD1" "$POD2_V4") ;;
+    tcp) res=$(bench_tcp "$POD1" "$POD2_V4") ;;
     udp64) res=$(m_udp) ;;
     cpu) res=$(m_udp "$RATE") ;;
   esac
   after=$(bench_counters)
-  case "$metric" in
-    rr_*) need=$(jq -r .observations <<<"$res") what="ping-pong round trips" ;;
-    # SYN, SYN-ACK, request, response, FIN each way: at least 4 forwarded packets each.
-    conn) need=$(($(jq -r .connections <<<"$res") * 4)) what="packets of the connections (4 each)" ;;
-    tcp) need=$(jq -r .bytes_received <<<"$res") unit=bytes what="TCP bytes received" ;;
-    udp64 | cpu) need=$(jq -r .rx_packets <<<"$res") what="UDP datagrams received" ;;
-  esac
+  IFS=$'\t' read -r need unit what <<<"$(bench_need "$metric" "$res")"
   jq -c --argjson d "$(bench_check_path "$dp" "$metric" "$before" "$after" "$need" "$unit" "$what")" '. + $d' <<<"$res"
 }
 
@@ -576,10 +500,10 @@ loopback_trial() {
   rec=$(jq -nc --argjson t "$trial" '{kind: "scenario", scenario: "loopback", datapath: "loopback", ruleset: "none", trial: $t}')
   for m in "${RR_METRICS[@]}" conn tcp; do
     case "$m" in
-      rr_pinned) r=$(m_rr "$LO_NS" 127.0.0.1 "$PORT_RR_PINNED" 1) ;;
-      rr_unpinned) r=$(m_rr "$LO_NS" 127.0.0.1 "$PORT_RR_FREE" 0) ;;
-      conn) r=$(m_conn "$LO_NS" 127.0.0.1) ;;
-      tcp) r=$(m_tcp "$LO_NS" 127.0.0.1) ;;
+      rr_pinned) r=$(bench_rr "$LO_NS" 127.0.0.1 "$PORT_RR_PINNED" 1) ;;
+      rr_unpinned) r=$(bench_rr "$LO_NS" 127.0.0.1 "$PORT_RR_FREE" 0) ;;
+      conn) r=$(bench_conn "$LO_NS" 127.0.0.1) ;;
+      tcp) r=$(bench_tcp "$LO_NS" 127.0.0.1) ;;
     esac
     rec=$(jq -c --arg m "$m" --argjson v "$r" '.[$m] = $v' <<<"$rec")
   done
@@ -611,7 +535,7 @@ START=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 T0=$SECONDS
 ip netns add "$LO_NS" && EXTRA_NS+=("$LO_NS")
 ip -n "$LO_NS" link set lo up
-client_sysctls "$LO_NS"
+bench_client_sysctls "$LO_NS"
 ip netns add "$GEN_NS" && EXTRA_NS+=("$GEN_NS")
 # No dummy driver on every kernel: a veth whose peer stays down drops every frame at once.
 ip -n "$GEN_NS" link add gen0 type veth peer name gen1
@@ -619,7 +543,7 @@ ip -n "$GEN_NS" link set gen0 up
 
 for rs in "${RULESETS[@]}"; do
   bench_up "$rs"
-  if [ "$rs" = none ]; then start_servers "$LO_NS" 127.0.0.1; fi
+  if [ "$rs" = none ]; then bench_start_servers "$LO_NS" 127.0.0.1; fi
   for ((t = 1; t <= TRIALS; t++)); do
     step "rule set ${rs}: trial ${t}/${TRIALS} ($((SECONDS - T0)) s elapsed)"
     if [ "$rs" = "${RULESETS[0]}" ]; then generator_trial "$t"; fi
@@ -678,6 +602,23 @@ if [ "$CONTROLLER" -eq 1 ]; then
   fi
 fi
 
+if [ "$CROSS_NODE" -eq 1 ]; then
+  # The rule sets of the cross-node section: none and kubeproxy, where this run has them.
+  CROSS_RS=()
+  for rs in "${RULESETS[@]}"; do [ "$rs" = fwrules ] || CROSS_RS+=("$rs"); done
+  if [ "${#CROSS_RS[@]}" -eq 0 ]; then
+    say "cross-node: none of its rule sets (none, kubeproxy) was selected; left out"
+  else
+    step "across nodes: scripts/bench-cross-node.sh, ${DATAPATHS[*]} x ${CROSS_RS[*]}, ${TRIALS} x ${DURATION} s ($((SECONDS - T0)) s elapsed)"
+    if run_section cross-node "$ROOT/scripts/bench-cross-node.sh" --no-build --ctl "$CTL" \
+      --trials "$TRIALS" --duration "$DURATION" --services "$SERVICES" \
+      --only "$(IFS=,; echo "${DATAPATHS[*]}")" --rulesets "$(IFS=,; echo "${CROSS_RS[*]}")" \
+      --json "$WORK/cross-node.json"; then
+      sed -n '/=== summary/,$ { /=== summary/d; /^\[bench-cross-node\]/d; s/^/  /p }' "$WORK/cross-node.log"
+    fi
+  fi
+fi
+
 ELAPSED=$((SECONDS - T0))
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -696,6 +637,7 @@ jq -s --arg tstart "$START" --arg tend "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --argjso
   --arg ctrl_dp "$CTRL_DP" --argjson sections "$(sections_json)" \
   --argjson controller "$(cat "$WORK/controller.json" 2>/dev/null || echo null)" \
   --argjson prog_cost "$(cat "$WORK/prog-cost.json" 2>/dev/null || echo null)" \
+  --argjson cross_node "$(cat "$WORK/cross-node.json" 2>/dev/null || echo null)" \
   --argjson trials "$TRIALS" --argjson duration "$DURATION" --argjson services "$SERVICES" \
   --argjson rules "$RULES" --argjson rate "$RATE" \
   --arg rev "$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)" \
@@ -710,9 +652,9 @@ jq -s --arg tstart "$START" --arg tend "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --argjso
      scenarios_elapsed_s: $scen_s, sections: $sections,
      controller_pods: $ctrl_pods, controller_burst: $ctrl_burst, controller_datapath: $ctrl_dp,
      tools: {iperf3: $iperf, sockperf: $sockperf, trafgen: $trafgen, iptables: $iptables}},
-   trials: ., controller: $controller, prog_cost: $prog_cost}' "$TRIALS_JSONL" >"$RES/raw.json"
+   trials: ., controller: $controller, prog_cost: $prog_cost, cross_node: $cross_node}' "$TRIALS_JSONL" >"$RES/raw.json"
 python3 "$ROOT/scripts/bench-report.py" "$RES/raw.json" "$RES"
-for f in prog-cost controller; do
+for f in prog-cost controller cross-node; do
   [ ! -e "$WORK/$f.log" ] || cp -- "$WORK/$f.log" "$RES/$f.log"
 done
 mv -T -- "$RES" "$OUT"
