@@ -146,6 +146,78 @@ impl Prefix {
 }
 
 /// The error for commands that need an existing datapath.
+/// A pair of LPM tries keyed by address (IPv4, IPv6), holding `V`: the endpoint tries and the
+/// remote-prefix tries.
+pub(crate) struct Tries<'m, V: aya::Pod> {
+    pub(crate) v4: &'m mut LpmTrie<MapData, Ipv4Key, V>,
+    pub(crate) v6: &'m mut LpmTrie<MapData, Ipv6Key, V>,
+}
+
+impl<V: aya::Pod> Tries<'_, V> {
+    pub(crate) fn insert(&mut self, p: Prefix, value: &V) -> Result<(), aya::maps::MapError> {
+        match p.addr {
+            IpAddr::V4(a) => self
+                .v4
+                .insert(&Key::new(u32::from(p.len), a.octets()), value, 0),
+            IpAddr::V6(a) => self
+                .v6
+                .insert(&Key::new(u32::from(p.len), a.octets()), value, 0),
+        }
+    }
+
+    /// `Ok(false)` if `p` was not there.
+    pub(crate) fn remove(&mut self, p: Prefix) -> Result<bool, aya::maps::MapError> {
+        let r = match p.addr {
+            IpAddr::V4(a) => self.v4.remove(&Key::new(u32::from(p.len), a.octets())),
+            IpAddr::V6(a) => self.v6.remove(&Key::new(u32::from(p.len), a.octets())),
+        };
+        match r {
+            Ok(()) => Ok(true),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Every entry of a pair of tries, sorted by prefix.
+pub(crate) fn entries<V: aya::Pod>(
+    v4: &LpmTrie<MapData, Ipv4Key, V>,
+    v6: &LpmTrie<MapData, Ipv6Key, V>,
+    v4_name: &str,
+    v6_name: &str,
+) -> Result<Vec<(Prefix, V)>> {
+    let mut out = Vec::new();
+    for kv in v4 {
+        let (k, v) = kv.with_context(|| format!("reading {v4_name}"))?;
+        #[expect(clippy::cast_possible_truncation, reason = "prefix length <= 32")]
+        out.push((
+            Prefix {
+                addr: IpAddr::V4(k.data().into()),
+                len: k.prefix_len() as u8,
+            },
+            v,
+        ));
+    }
+    for kv in v6 {
+        let (k, v) = kv.with_context(|| format!("reading {v6_name}"))?;
+        #[expect(clippy::cast_possible_truncation, reason = "prefix length <= 128")]
+        out.push((
+            Prefix {
+                addr: IpAddr::V6(k.data().into()),
+                len: k.prefix_len() as u8,
+            },
+            v,
+        ));
+    }
+    out.sort_by_key(|(p, _)| *p);
+    Ok(out)
+}
+
 pub fn nothing_attached(pins: &PinDir) -> anyhow::Error {
     anyhow!(
         "nothing is attached under {} (no pinned maps); run `xdp-ctl attach IFACE` first",
@@ -209,61 +281,31 @@ impl Maps {
     }
 
     pub fn insert_endpoint(&mut self, p: Prefix, ep: &Endpoint) -> Result<()> {
-        match p.addr {
-            IpAddr::V4(a) => self
-                .v4
-                .insert(&Key::new(u32::from(p.len), a.octets()), ep, 0),
-            IpAddr::V6(a) => self
-                .v6
-                .insert(&Key::new(u32::from(p.len), a.octets()), ep, 0),
+        Tries {
+            v4: &mut self.v4,
+            v6: &mut self.v6,
         }
+        .insert(p, ep)
         .with_context(|| format!("writing endpoint {p} (is the map full?)"))
     }
 
     /// Removes an endpoint; `Ok(false)` if it was not there.
     pub fn remove_endpoint(&mut self, p: Prefix) -> Result<bool> {
-        let r = match p.addr {
-            IpAddr::V4(a) => self.v4.remove(&Key::new(u32::from(p.len), a.octets())),
-            IpAddr::V6(a) => self.v6.remove(&Key::new(u32::from(p.len), a.octets())),
-        };
-        match r {
-            Ok(()) => Ok(true),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
-            Err(aya::maps::MapError::SyscallError(e))
-                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(e).with_context(|| format!("removing endpoint {p}")),
+        Tries {
+            v4: &mut self.v4,
+            v6: &mut self.v6,
         }
+        .remove(p)
+        .with_context(|| format!("removing endpoint {p}"))
     }
 
     pub fn endpoints(&self) -> Result<Vec<(Prefix, Endpoint)>> {
-        let mut out = Vec::new();
-        for kv in &self.v4 {
-            let (k, v) = kv.context("reading ENDPOINTS_V4")?;
-            #[expect(clippy::cast_possible_truncation, reason = "prefix length <= 32")]
-            out.push((
-                Prefix {
-                    addr: IpAddr::V4(k.data().into()),
-                    len: k.prefix_len() as u8,
-                },
-                v,
-            ));
-        }
-        for kv in &self.v6 {
-            let (k, v) = kv.context("reading ENDPOINTS_V6")?;
-            #[expect(clippy::cast_possible_truncation, reason = "prefix length <= 128")]
-            out.push((
-                Prefix {
-                    addr: IpAddr::V6(k.data().into()),
-                    len: k.prefix_len() as u8,
-                },
-                v,
-            ));
-        }
-        out.sort_by_key(|(p, _)| *p);
-        Ok(out)
+        entries(
+            &self.v4,
+            &self.v6,
+            map_names::ENDPOINTS_V4,
+            map_names::ENDPOINTS_V6,
+        )
     }
 
     /// Per-reason totals over all CPUs.

@@ -1,14 +1,11 @@
 //! Pod prefixes on other nodes (`REMOTE_V4` / `REMOTE_V6`): which remote addresses are meshed
 //! pods, reached through the node's uplinks. `xdp-ctl remote` and `run --remote-meshed-cidr`
 //! write them; the datapath reads them on both sides of a cross-node flow.
-use std::net::IpAddr;
-
 use anyhow::{Context as _, Result};
-use aya::maps::{lpm_trie::Key, MapError};
-use common::{Remote, REMOTE_F_MESHED};
+use common::{map_names, Remote, REMOTE_F_MESHED};
 use serde::Serialize;
 
-use crate::maps::{Maps, Prefix};
+use crate::maps::{entries, Maps, Prefix, Tries};
 
 /// One remote prefix as `remote list` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -28,73 +25,35 @@ pub const fn remote_value(meshed: bool, uplink: u32) -> Remote {
     }
 }
 
-fn not_found(e: &MapError) -> bool {
-    match e {
-        MapError::KeyNotFound => true,
-        MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
-        _ => false,
-    }
-}
-
 impl Maps {
-    pub fn insert_remote(&mut self, p: Prefix, value: &Remote) -> Result<()> {
-        match p.addr {
-            IpAddr::V4(a) => {
-                self.remote_v4
-                    .insert(&Key::new(u32::from(p.len), a.octets()), value, 0)
-            }
-            IpAddr::V6(a) => {
-                self.remote_v6
-                    .insert(&Key::new(u32::from(p.len), a.octets()), value, 0)
-            }
+    fn remote_tries(&mut self) -> Tries<'_, Remote> {
+        Tries {
+            v4: &mut self.remote_v4,
+            v6: &mut self.remote_v6,
         }
-        .with_context(|| format!("writing remote prefix {p} (is the map full?)"))
+    }
+
+    pub fn insert_remote(&mut self, p: Prefix, value: &Remote) -> Result<()> {
+        self.remote_tries()
+            .insert(p, value)
+            .with_context(|| format!("writing remote prefix {p} (is the map full?)"))
     }
 
     /// Removes a remote prefix; false if it was not there.
     pub fn remove_remote(&mut self, p: Prefix) -> Result<bool> {
-        let r = match p.addr {
-            IpAddr::V4(a) => self
-                .remote_v4
-                .remove(&Key::new(u32::from(p.len), a.octets())),
-            IpAddr::V6(a) => self
-                .remote_v6
-                .remove(&Key::new(u32::from(p.len), a.octets())),
-        };
-        match r {
-            Ok(()) => Ok(true),
-            Err(e) if not_found(&e) => Ok(false),
-            Err(e) => Err(e).with_context(|| format!("removing remote prefix {p}")),
-        }
+        self.remote_tries()
+            .remove(p)
+            .with_context(|| format!("removing remote prefix {p}"))
     }
 
     /// Every remote prefix, sorted.
     pub fn remotes(&self) -> Result<Vec<(Prefix, Remote)>> {
-        let mut out = Vec::new();
-        for kv in &self.remote_v4 {
-            let (k, v) = kv.context("reading REMOTE_V4")?;
-            #[expect(clippy::cast_possible_truncation, reason = "prefix length <= 32")]
-            out.push((
-                Prefix {
-                    addr: IpAddr::V4(k.data().into()),
-                    len: k.prefix_len() as u8,
-                },
-                v,
-            ));
-        }
-        for kv in &self.remote_v6 {
-            let (k, v) = kv.context("reading REMOTE_V6")?;
-            #[expect(clippy::cast_possible_truncation, reason = "prefix length <= 128")]
-            out.push((
-                Prefix {
-                    addr: IpAddr::V6(k.data().into()),
-                    len: k.prefix_len() as u8,
-                },
-                v,
-            ));
-        }
-        out.sort_by_key(|(p, _)| *p);
-        Ok(out)
+        entries(
+            &self.remote_v4,
+            &self.remote_v6,
+            map_names::REMOTE_V4,
+            map_names::REMOTE_V6,
+        )
     }
 
     /// Makes the remote prefixes equal to `want` with the fewest writes (adds and changes

@@ -344,18 +344,29 @@ impl Step<'_, '_> {
         old: Option<&Attachment>,
     ) -> Result<Attachment> {
         let datapath = Datapath::from_att(att.datapath).unwrap_or(Datapath::Xdp);
-        if Role::of(&att) == Role::Uplink {
-            return self.add_uplink(link, att, old);
-        }
-        // Both hooks forward into the peer of a veth: bpf_redirect_peer only works towards a
-        // veth (or netkit), and the XDP path prepares the peer.
-        if !link.is_veth() {
-            return Err(Error::NotVeth {
-                iface: link.name.clone(),
-                kind: link.kind.clone().unwrap_or_else(|| "none".into()),
-            });
-        }
-        if datapath == Datapath::Xdp {
+        // An uplink: no pod side to prepare. Its MAC goes into `UPLINKS` (the programs accept
+        // frames addressed to it, and redirect out of it only when the FIB names it); with XDP
+        // it also becomes a devmap target of the pod programs (a NIC's driver transmits
+        // redirected frames; a veth's peer needs NAPI, as for pods).
+        let uplink_mac = match Role::of(&att) {
+            Role::Uplink => Some(
+                link.mac
+                    .filter(|m| *m != [0; 6])
+                    .ok_or_else(|| Error::UplinkNotEthernet(link.name.clone()))?,
+            ),
+            Role::Pod => {
+                // Both hooks forward into the peer of a veth: bpf_redirect_peer only works
+                // towards a veth (or netkit), and the XDP path prepares the peer.
+                if !link.is_veth() {
+                    return Err(Error::NotVeth {
+                        iface: link.name.clone(),
+                        kind: link.kind.clone().unwrap_or_else(|| "none".into()),
+                    });
+                }
+                None
+            }
+        };
+        if datapath == Datapath::Xdp && uplink_mac.is_none() {
             // The pod side must take native redirects before anyone redirects to it. Done in
             // skb mode too: a generic redirect would not need it, but a native program on
             // another veth may redirect here, and a native redirect into a veth whose peer has
@@ -370,6 +381,13 @@ impl Step<'_, '_> {
                 .context("recording the attachment (ATTACHMENTS full?)")?;
             self.undo.push(Undo::Record(link.index));
         }
+        if let Some(mac) = uplink_mac {
+            self.maps
+                .uplinks
+                .insert(link.index, Uplink { mac, pad: [0; 2] }, 0)
+                .context("adding the uplink to UPLINKS (map full?)")?;
+            self.undo.push(Undo::Uplink(link.index));
+        }
         if datapath == Datapath::Xdp {
             self.maps
                 .tx_ports
@@ -378,51 +396,6 @@ impl Step<'_, '_> {
             self.undo.push(Undo::TxPort(link.index));
         }
         // Attach last.
-        let path = link_pin(self.pins, datapath, link.index);
-        let mode = if att.mode == ATT_MODE_SKB {
-            Mode::Skb
-        } else {
-            Mode::Native
-        };
-        self.prog.attach(link, mode, &path)?;
-        self.undo.push(Undo::Link(path));
-        Ok(att)
-    }
-
-    /// Phase 1 for an uplink: no pod side to prepare. Its MAC goes into `UPLINKS` (the
-    /// programs accept frames addressed to it, and redirect out of it only when the FIB names
-    /// it); with XDP it also becomes a devmap target of the pod programs (a NIC's driver
-    /// transmits redirected frames; a veth's peer needs NAPI, as for pods).
-    fn add_uplink(
-        &mut self,
-        link: &Link,
-        att: Attachment,
-        old: Option<&Attachment>,
-    ) -> Result<Attachment> {
-        let datapath = Datapath::from_att(att.datapath).unwrap_or(Datapath::Xdp);
-        let mac = link
-            .mac
-            .filter(|m| *m != [0; 6])
-            .ok_or_else(|| Error::UplinkNotEthernet(link.name.clone()))?;
-        if old.is_none() {
-            self.maps
-                .attachments
-                .insert(link.index, att, 0)
-                .context("recording the attachment (ATTACHMENTS full?)")?;
-            self.undo.push(Undo::Record(link.index));
-        }
-        self.maps
-            .uplinks
-            .insert(link.index, Uplink { mac, pad: [0; 2] }, 0)
-            .context("adding the uplink to UPLINKS (map full?)")?;
-        self.undo.push(Undo::Uplink(link.index));
-        if datapath == Datapath::Xdp {
-            self.maps
-                .tx_ports
-                .insert(link.index, link.index, None, 0)
-                .context("adding the uplink to TX_PORTS (map full?)")?;
-            self.undo.push(Undo::TxPort(link.index));
-        }
         let path = link_pin(self.pins, datapath, link.index);
         let mode = if att.mode == ATT_MODE_SKB {
             Mode::Skb
