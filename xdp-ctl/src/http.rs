@@ -279,6 +279,7 @@ mod tests {
         t.drift_repaired(2);
         t.set_endpoints([1, 2, 3, 4]);
         t.set_attached(5, 6);
+        t.set_uplinks(1, 0);
         let m = route("GET", "/metrics?x=1", &t);
         assert!(m.status.starts_with("200"));
         for want in [
@@ -287,6 +288,8 @@ mod tests {
             "xdp_fastpath_drift_repaired_total 2",
             "xdp_fastpath_endpoints{family=\"ipv6\",meshed=\"false\"} 4",
             "xdp_fastpath_attached_interfaces{datapath=\"tc\"} 6",
+            "xdp_fastpath_attached_uplinks{datapath=\"xdp\"} 1",
+            "xdp_fastpath_attached_uplinks{datapath=\"tc\"} 0",
             "xdp_fastpath_reconcile_duration_seconds_count 1",
             "xdp_fastpath_build_info{version=\"",
         ] {

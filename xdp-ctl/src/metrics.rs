@@ -45,9 +45,18 @@ pub struct Telemetry {
     ready: AtomicBool,
     endpoints: Family<Labels2, Gauge>,
     attached: Family<Labels1, Gauge>,
+    uplinks: Family<Labels1, Gauge>,
     reconciles: Family<Labels1, Counter>,
     reconcile_seconds: Histogram,
     drift: Counter,
+}
+
+fn set_by_datapath(family: &Family<Labels1, Gauge>, xdp: usize, tc: usize) {
+    for (datapath, n) in [("xdp", xdp), ("tc", tc)] {
+        family
+            .get_or_create(&[("datapath", datapath)])
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
 }
 
 impl Telemetry {
@@ -65,6 +74,12 @@ impl Telemetry {
             "xdp_fastpath_attached_interfaces",
             "Pod veths carrying the datapath, by hook (xdp, tc)",
             attached.clone(),
+        );
+        let uplinks = Family::<Labels1, Gauge>::default();
+        registry.register(
+            "xdp_fastpath_attached_uplinks",
+            "Uplinks carrying the uplink program (traffic from other nodes), by hook (xdp, tc)",
+            uplinks.clone(),
         );
         let reconciles = Family::<Labels1, Counter>::default();
         registry.register(
@@ -107,6 +122,7 @@ impl Telemetry {
         }
         for datapath in ["xdp", "tc"] {
             attached.get_or_create(&[("datapath", datapath)]).set(0);
+            uplinks.get_or_create(&[("datapath", datapath)]).set(0);
         }
         for result in ["ok", "error"] {
             reconciles.get_or_create(&[("result", result)]).inc_by(0);
@@ -119,6 +135,7 @@ impl Telemetry {
             ready: AtomicBool::new(false),
             endpoints,
             attached,
+            uplinks,
             reconciles,
             reconcile_seconds,
             drift,
@@ -160,13 +177,14 @@ impl Telemetry {
         }
     }
 
-    /// Attached interfaces: (xdp, tc).
+    /// Attached pod veths: (xdp, tc).
     pub fn set_attached(&self, xdp: usize, tc: usize) {
-        for (datapath, n) in [("xdp", xdp), ("tc", tc)] {
-            self.attached
-                .get_or_create(&[("datapath", datapath)])
-                .set(i64::try_from(n).unwrap_or(i64::MAX));
-        }
+        set_by_datapath(&self.attached, xdp, tc);
+    }
+
+    /// Attached uplinks: (xdp, tc).
+    pub fn set_uplinks(&self, xdp: usize, tc: usize) {
+        set_by_datapath(&self.uplinks, xdp, tc);
     }
 
     /// One reconcile ran.

@@ -139,16 +139,31 @@ impl Controller {
         if !links.is_empty() {
             self.membership.set_targets(self.node.sidecar_targets(cfg));
         }
-        let attached = self.attacher.maps.attachments()?;
-        self.state.interfaces = u32::try_from(attached.len()).unwrap_or(0);
-        let tc = attached
-            .iter()
-            .filter(|a| Datapath::from_att(a.datapath) == Some(Datapath::Tc))
-            .count();
-        self.telemetry.set_attached(attached.len() - tc, tc);
+        self.count_attached()?;
         self.state.reconciles += 1;
         self.state.map_writes += writes;
         Ok(writes)
+    }
+
+    /// The attachment counts of `status` and /metrics.
+    fn count_attached(&mut self) -> Result<()> {
+        let attached = self.attacher.maps.attachments()?;
+        self.state.interfaces = u32::try_from(attached.len()).unwrap_or(0);
+        let count = |role: Role, dp: Datapath| {
+            attached
+                .iter()
+                .filter(|a| Role::of(a) == role && Datapath::from_att(a.datapath) == Some(dp))
+                .count()
+        };
+        self.telemetry.set_attached(
+            count(Role::Pod, Datapath::Xdp),
+            count(Role::Pod, Datapath::Tc),
+        );
+        self.telemetry.set_uplinks(
+            count(Role::Uplink, Datapath::Xdp),
+            count(Role::Uplink, Datapath::Tc),
+        );
+        Ok(())
     }
 
     /// Records why the endpoints of `keys` are (not) meshed (`status`, `endpoint list`). Not
