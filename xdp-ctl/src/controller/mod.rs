@@ -263,6 +263,19 @@ impl Controller {
             let _lock = pins.create_and_lock()?;
             Attacher::new(pins, opts.datapath, opts.mode)?
         };
+        for r in &opts.config.remote_meshed {
+            for m in opts
+                .config
+                .meshed
+                .iter()
+                .filter(|m| r.contains(m.addr) || m.contains(r.addr))
+            {
+                warn!(
+                    "--remote-meshed-cidr {r} overlaps this node's --meshed-cidr {m}: list the other \
+                     nodes' pod CIDRs as remote (README, \"Across nodes\")"
+                );
+            }
+        }
         let members_map = MembershipMap::open_or_create(pins)?;
         let (membership, updates) =
             Membership::start(&opts.membership, !opts.config.meshed.is_empty())?;
