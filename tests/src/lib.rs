@@ -35,6 +35,30 @@ use serde_json::Value;
 pub mod kube_api;
 pub mod twonode;
 
+/// `scripts/bench-netns.sh ARGS --name PREFIX`.
+pub fn bench_netns(prefix: &str, args: &[&str]) -> io::Result<CmdOutput> {
+    let mut cmd = Command::new(repo_root().join("scripts/bench-netns.sh"));
+    cmd.args(args).args(["--name", prefix]);
+    try_run(cmd, COMMAND_TIMEOUT)
+}
+
+/// `scripts/bench-netns.sh up PODS [--forward-rules RULES] EXTRA... --name PREFIX`, after a
+/// `down` (a leftover of a killed earlier run with the same pid would make `up` refuse). Panics
+/// with the script's output on failure; `up` cleans up after itself then, and the bench's Drop
+/// runs `down` again regardless.
+pub fn bench_netns_up(prefix: &str, pods: u32, rules: u32, extra: &[&str]) {
+    let _ = bench_netns(prefix, &["down"]);
+    let (pods, rules) = (pods.to_string(), rules.to_string());
+    let mut args = vec!["up", pods.as_str()];
+    if rules != "0" {
+        args.extend(["--forward-rules", rules.as_str()]);
+    }
+    args.extend_from_slice(extra);
+    let out = bench_netns(prefix, &args)
+        .unwrap_or_else(|e| panic!("bench-netns.sh {}: {e}", args.join(" ")));
+    assert!(out.success(), "bench set-up failed: {out}");
+}
+
 /// Timeout for helper commands (bench script, ip, iptables, ethtool, xdp-ctl).
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -300,7 +324,6 @@ pub struct Bench {
     /// The pods that exist (1..=n at first).
     live: BTreeSet<u32>,
     pin_dir: PathBuf,
-    script: PathBuf,
 }
 
 impl Bench {
@@ -317,30 +340,17 @@ impl Bench {
         let n = BENCH_COUNTER.fetch_add(1, Ordering::Relaxed);
         // "xt" + 5 + 2 base36 chars = 9; + "h" + up to 4 digits = 14 <= IFNAMSIZ - 1.
         let prefix = format!("xt{}{}", base36(std::process::id(), 5), base36(n % 1296, 2));
-        let script = repo_root().join("scripts/bench-netns.sh");
         let bench = Bench {
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/xfp-test-{prefix}")),
             prefix,
             live: (1..=pods).collect(),
-            script,
         };
-        // A leftover of a killed earlier run with the same pid would make `up` refuse.
-        let _ = bench.script_cmd(&["down"]);
-        let mut cmd = Command::new(&bench.script);
-        cmd.args(["up", &pods.to_string(), "--name", &bench.prefix]);
-        if rules > 0 {
-            cmd.args(["--forward-rules", &rules.to_string()]);
-        }
-        let out = run(cmd);
-        // `up` cleans up after itself on failure; Drop runs `down` again regardless.
-        assert!(out.success(), "bench set-up failed: {out}");
+        bench_netns_up(&bench.prefix, pods, rules, &[]);
         bench
     }
 
     fn script_cmd(&self, args: &[&str]) -> io::Result<CmdOutput> {
-        let mut cmd = Command::new(&self.script);
-        cmd.args(args).args(["--name", &self.prefix]);
-        try_run(cmd, COMMAND_TIMEOUT)
+        bench_netns(&self.prefix, args)
     }
 
     pub fn prefix(&self) -> &str {
@@ -2378,6 +2388,31 @@ impl TcpFlow {
     /// Waits up to `timeout` until at least `n` bytes came back; false if they did not.
     pub fn wait_for_echoed(&self, n: u64, timeout: Duration) -> bool {
         poll_until(timeout, || (self.echoed() >= n).then_some(())).is_some()
+    }
+
+    /// Bytes a phase of a hitless-flow test carries ([`TcpFlow::phase`]): more than the largest
+    /// default TCP receive window (tcp_rmem max, 6 MiB), so a conntrack entry that missed a
+    /// phase would judge the next segment out of window.
+    pub const PHASE_BYTES: u64 = 16 * 1024 * 1024;
+
+    /// Waits until the flow carried another [`TcpFlow::PHASE_BYTES`], echoed and checked;
+    /// panics naming `what` (when it stopped) if it did not within `timeout`.
+    #[track_caller]
+    pub fn phase(&self, timeout: Duration, what: &str) {
+        let want = self.echoed() + Self::PHASE_BYTES;
+        assert!(
+            self.wait_for_echoed(want, timeout),
+            "the flow stopped {what}: {} bytes echoed, wanted {want}",
+            self.echoed()
+        );
+    }
+
+    /// [`TcpFlow::finish`], asserting that every byte came back; `what` labels the report.
+    #[track_caller]
+    pub fn finish_complete(self, what: &str) {
+        let r = self.finish().unwrap_or_else(|e| panic!("{what}: {e}"));
+        eprintln!("{what}: {r}");
+        assert!(r.complete(), "{what}: the flow lost bytes: {r}");
     }
 
     /// Stops writing, waits for the last echoes and the end of the connection, and reports.

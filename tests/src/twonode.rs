@@ -26,7 +26,6 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     os::fd::AsRawFd,
     path::PathBuf,
-    process::Command,
     sync::atomic::Ordering,
     time::Duration,
 };
@@ -34,9 +33,9 @@ use std::{
 use serde_json::Value;
 
 use crate::{
-    base36, exec_in_ok, forward_drop_hits, in_netns, join, kube_proxy_forward_in, repo_root, run,
-    run_args, send_frame, tcp_echo_via, try_run, udp_echo_via, CmdOutput, Controller, Datapath,
-    Transfer, XdpCtl, BENCH_COUNTER, COMMAND_TIMEOUT,
+    base36, bench_netns, bench_netns_up, exec_in_ok, forward_drop_hits, in_netns, join,
+    kube_proxy_forward_in, run_args, send_frame, tcp_echo_via, udp_echo_via, CmdOutput, Controller,
+    Datapath, Transfer, XdpCtl, BENCH_COUNTER,
 };
 
 /// One of the two nodes.
@@ -239,7 +238,6 @@ impl Service {
 pub struct TwoNodes {
     prefix: String,
     pods: u32,
-    script: PathBuf,
 }
 
 /// Bound for exchanges that must succeed.
@@ -260,34 +258,13 @@ impl TwoNodes {
         // "xw" + 5 + 2 base36 chars = 9; + node digit + "h" + up to 3 digits = 14 <= 15. "xw",
         // not the one-node bench's "xt": the two layouts never share a prefix.
         let prefix = format!("xw{}{}", base36(std::process::id(), 5), base36(n % 1296, 2));
-        let bench = TwoNodes {
-            prefix,
-            pods,
-            script: repo_root().join("scripts/bench-netns.sh"),
-        };
-        // A leftover of a killed earlier run with the same pid would make `up` refuse.
-        let _ = bench.script_cmd(&["down"]);
-        let mut cmd = Command::new(&bench.script);
-        cmd.args([
-            "up",
-            &pods.to_string(),
-            "--nodes",
-            "2",
-            "--name",
-            &bench.prefix,
-        ]);
-        if rules > 0 {
-            cmd.args(["--forward-rules", &rules.to_string()]);
-        }
-        let out = run(cmd);
-        assert!(out.success(), "two-node bench set-up failed: {out}");
+        let bench = TwoNodes { prefix, pods };
+        bench_netns_up(&bench.prefix, pods, rules, &["--nodes", "2"]);
         bench
     }
 
     fn script_cmd(&self, args: &[&str]) -> io::Result<CmdOutput> {
-        let mut cmd = Command::new(&self.script);
-        cmd.args(args).args(["--name", &self.prefix]);
-        try_run(cmd, COMMAND_TIMEOUT)
+        bench_netns(&self.prefix, args)
     }
 
     pub fn prefix(&self) -> &str {

@@ -134,9 +134,9 @@ mod kernel {
             b.echo_all(from, to).unwrap_or_else(|e| panic!("{e}"));
         }
         let flow = start_flow(&b, false);
-        phase(&flow, "on the kernel path");
-        phase(&flow, "still on the kernel path");
-        finish(flow, "kernel path");
+        flow.phase(T_FLOW, "on the kernel path");
+        flow.phase(T_FLOW, "still on the kernel path");
+        flow.finish_complete("kernel path");
     }
 
     /// A Service on each node, kube-proxy shape, to a pod on the other node: node 1's clients reach
@@ -519,13 +519,13 @@ fn kernel_born_flow_survives_attach_and_detach_on_either_node(dp: Datapath) {
         b.kube_proxy_forward(node);
     }
     let flow = start_flow(&b, false);
-    phase(&flow, "on the kernel path");
+    flow.phase(T_FLOW, "on the kernel path");
     b.attach_fast_path(N1, dp);
     let n1_attached = redirected(&b, N1);
-    phase(&flow, "after attaching on node 1");
+    flow.phase(T_FLOW, "after attaching on node 1");
     b.attach_fast_path(N2, dp);
     let n2_attached = redirected(&b, N2);
-    phase(&flow, "after attaching on node 2");
+    flow.phase(T_FLOW, "after attaching on node 2");
     // Nothing else runs on the bench: whatever either node redirected was this flow's.
     let redirected_while_attached = [
         redirected(&b, N1) - n1_attached,
@@ -533,10 +533,10 @@ fn kernel_born_flow_survives_attach_and_detach_on_either_node(dp: Datapath) {
     ];
     let kernel_path = [b.all_stats(N1), b.all_stats(N2)].map(|s| kernel_path_packets(&s));
     b.detach_fast_path(N1);
-    phase(&flow, "after detaching on node 1");
+    flow.phase(T_FLOW, "after detaching on node 1");
     b.detach_fast_path(N2);
-    phase(&flow, "after detaching on node 2");
-    finish(flow, &format!("{dp}"));
+    flow.phase(T_FLOW, "after detaching on node 2");
+    flow.finish_complete(&dp.to_string());
     assert_eq!(
         redirected_while_attached,
         [0, 0],
@@ -558,7 +558,7 @@ fn fast_path_born_flow_survives_detach_and_attach_on_either_node(dp: Datapath) {
         b.attach_fast_path(node, dp);
     }
     let flow = start_flow(&b, true);
-    phase(&flow, "on the fast path");
+    flow.phase(T_FLOW, "on the fast path");
     for node in Node::BOTH {
         assert!(
             redirected(&b, node) > 0,
@@ -566,18 +566,18 @@ fn fast_path_born_flow_survives_detach_and_attach_on_either_node(dp: Datapath) {
         );
     }
     b.detach_fast_path(N2);
-    phase(&flow, "after detaching on node 2");
+    flow.phase(T_FLOW, "after detaching on node 2");
     b.detach_fast_path(N1);
-    phase(&flow, "after detaching on node 1");
+    flow.phase(T_FLOW, "after detaching on node 1");
     b.attach_fast_path(N1, dp);
-    phase(&flow, "after attaching again on node 1");
+    flow.phase(T_FLOW, "after attaching again on node 1");
     b.attach_fast_path(N2, dp);
-    phase(&flow, "after attaching again on node 2");
+    flow.phase(T_FLOW, "after attaching again on node 2");
     for node in Node::BOTH {
         b.detach_fast_path(node);
     }
-    phase(&flow, "after detaching both");
-    finish(flow, &format!("{dp}"));
+    flow.phase(T_FLOW, "after detaching both");
+    flow.finish_complete(&dp.to_string());
 }
 
 // =============================================================================================
@@ -1017,9 +1017,6 @@ fn check_services(b: &TwoNodes, what: &str) {
 /// 32 KiB every 2 ms: about 16 MB/s each way.
 const CHUNK: usize = 32 * 1024;
 const INTERVAL: Duration = Duration::from_millis(2);
-/// More than the largest default TCP receive window (6 MiB): a conntrack entry that missed a
-/// phase would judge the next segment out of window.
-const PHASE_BYTES: u64 = 16 * 1024 * 1024;
 const T_FLOW: Duration = Duration::from_secs(10);
 
 /// A flow from node 1 pod 1 to node 2 pod 1.
@@ -1034,23 +1031,6 @@ fn start_flow(b: &TwoNodes, v6: bool) -> TcpFlow {
         T_FLOW,
     )
     .unwrap_or_else(|e| panic!("{e}"))
-}
-
-#[track_caller]
-fn phase(flow: &TcpFlow, what: &str) {
-    let want = flow.echoed() + PHASE_BYTES;
-    assert!(
-        flow.wait_for_echoed(want, T_FLOW),
-        "the flow stopped {what}: {} bytes echoed, wanted {want}",
-        flow.echoed()
-    );
-}
-
-#[track_caller]
-fn finish(flow: TcpFlow, what: &str) {
-    let r = flow.finish().unwrap_or_else(|e| panic!("{what}: {e}"));
-    eprintln!("{what}: {r}");
-    assert!(r.complete(), "{what}: the flow lost bytes: {r}");
 }
 
 // =============================================================================================

@@ -392,10 +392,6 @@ fn udp_to_a_closed_service_port_is_refused(dp: Datapath) {
 /// 32 KiB every 2 ms: about 16 MB/s each way.
 const CHUNK: usize = 32 * 1024;
 const INTERVAL: Duration = Duration::from_millis(2);
-/// Bytes a phase must carry: more than the largest default TCP receive window (tcp_rmem max,
-/// 6 MiB), so a conntrack entry that missed a phase would judge the next segment out of window.
-const PHASE_BYTES: u64 = 16 * 1024 * 1024;
-const _: () = assert!(PHASE_BYTES > 6 * 1024 * 1024);
 
 /// A flow from pod 2 to pod 1.
 fn start_flow(b: &Bench) -> TcpFlow {
@@ -410,24 +406,6 @@ fn start_flow(b: &Bench) -> TcpFlow {
     .unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Waits until the flow carried another [`PHASE_BYTES`], echoed and checked.
-#[track_caller]
-fn phase(flow: &TcpFlow, what: &str) {
-    let want = flow.echoed() + PHASE_BYTES;
-    assert!(
-        flow.wait_for_echoed(want, T_FLOW),
-        "the flow stopped {what}: {} bytes echoed, wanted {want}",
-        flow.echoed()
-    );
-}
-
-#[track_caller]
-fn finish(flow: TcpFlow, dp: Datapath) {
-    let r = flow.finish().unwrap_or_else(|e| panic!("{dp}: {e}"));
-    eprintln!("{dp}: {r}");
-    assert!(r.complete(), "{dp}: the flow lost bytes: {r}");
-}
-
 fn detach(b: &Bench) {
     b.xdp_ctl().run_ok(&["detach", "--all"]);
 }
@@ -436,16 +414,16 @@ fn kernel_born_flow_survives_attach_then_detach(dp: Datapath) {
     let b = Bench::up(2);
     kube_proxy(&b, 1);
     let flow = start_flow(&b);
-    phase(&flow, "on the kernel path");
+    flow.phase(T_FLOW, "on the kernel path");
     b.attach_and_mesh(dp, &[1, 2]);
     let (redirected, not_seen) = (counter(&b, "redirected"), counter(&b, "flow_not_seen"));
-    phase(&flow, "once the fast path was attached");
+    flow.phase(T_FLOW, "once the fast path was attached");
     let attached = (counter(&b, "redirected"), counter(&b, "flow_not_seen"));
     // Had the fast path carried the flow, its conntrack entry would now be stale, and kube-
     // proxy's INVALID drop would stop the flow here.
     detach(&b);
-    phase(&flow, "after the detach");
-    finish(flow, dp);
+    flow.phase(T_FLOW, "after the detach");
+    flow.finish_complete(&dp.to_string());
     assert!(
         attached.1 > not_seen,
         "{dp}: the kernel-born flow's segments did not meet the flow rule"
@@ -461,18 +439,18 @@ fn fast_path_born_flow_survives_detach_then_attach(dp: Datapath) {
     kube_proxy(&b, 1);
     b.attach_and_mesh(dp, &[1, 2]);
     let flow = start_flow(&b);
-    phase(&flow, "on the fast path");
+    flow.phase(T_FLOW, "on the fast path");
     assert!(
         counter(&b, "redirected") > 0,
         "{dp}: the flow was not fast-pathed"
     );
     detach(&b);
-    phase(&flow, "after the detach");
+    flow.phase(T_FLOW, "after the detach");
     b.attach_and_mesh(dp, &[1, 2]);
-    phase(&flow, "after attaching again");
+    flow.phase(T_FLOW, "after attaching again");
     detach(&b);
-    phase(&flow, "after the second detach");
-    finish(flow, dp);
+    flow.phase(T_FLOW, "after the second detach");
+    flow.finish_complete(&dp.to_string());
 }
 
 fn flow_survives_a_controller_restart_with_detach_on_exit(dp: Datapath) {
@@ -483,7 +461,7 @@ fn flow_survives_a_controller_restart_with_detach_on_exit(dp: Datapath) {
     let mut first = b.controller(&args);
     first.wait_ready(T_FLOW);
     let flow = start_flow(&b);
-    phase(&flow, "on the fast path");
+    flow.phase(T_FLOW, "on the fast path");
     assert!(
         counter(&b, "redirected") > 0,
         "{dp}: the flow was not fast-pathed"
@@ -493,11 +471,11 @@ fn flow_survives_a_controller_restart_with_detach_on_exit(dp: Datapath) {
         exited.is_some(),
         "{dp}: the controller did not stop on SIGTERM"
     );
-    phase(&flow, "after the controller detached on exit");
+    flow.phase(T_FLOW, "after the controller detached on exit");
     let mut second = b.controller(&args);
     second.wait_ready(T_FLOW);
-    phase(&flow, "under the restarted controller");
-    finish(flow, dp);
+    flow.phase(T_FLOW, "under the restarted controller");
+    flow.finish_complete(&dp.to_string());
     second.assert_log_clean();
 }
 
@@ -508,10 +486,10 @@ fn fast_path_flow_whose_pod_leaves_the_mesh(dp: Datapath) -> (Bench, TcpFlow) {
     kube_proxy(&b, 1);
     b.attach_and_mesh(dp, &[1, 2]);
     let flow = start_flow(&b);
-    phase(&flow, "on the fast path");
+    flow.phase(T_FLOW, "on the fast path");
     b.add_endpoint(1, false);
     let not_meshed = counter(&b, "not_meshed");
-    phase(&flow, "after pod 1 left the mesh");
+    flow.phase(T_FLOW, "after pod 1 left the mesh");
     assert!(
         counter(&b, "not_meshed") > not_meshed,
         "{dp}: the flow kept the fast path"
@@ -521,21 +499,21 @@ fn fast_path_flow_whose_pod_leaves_the_mesh(dp: Datapath) -> (Bench, TcpFlow) {
 
 fn flow_survives_its_pod_leaving_the_mesh(dp: Datapath) {
     let (_b, flow) = fast_path_flow_whose_pod_leaves_the_mesh(dp);
-    finish(flow, dp);
+    flow.finish_complete(&dp.to_string());
 }
 
 fn flow_survives_leaving_and_rejoining_the_mesh_then_detach(dp: Datapath) {
     let (b, flow) = fast_path_flow_whose_pod_leaves_the_mesh(dp);
     b.add_endpoint(1, true);
     let redirected = counter(&b, "redirected");
-    phase(&flow, "after pod 1 rejoined the mesh");
+    flow.phase(T_FLOW, "after pod 1 rejoined the mesh");
     assert!(
         counter(&b, "redirected") > redirected,
         "{dp}: the flow, born on the fast path, did not take it again"
     );
     detach(&b);
-    phase(&flow, "after the detach");
-    finish(flow, dp);
+    flow.phase(T_FLOW, "after the detach");
+    flow.finish_complete(&dp.to_string());
 }
 
 // ---------------------------------------------------------------------------------------------
